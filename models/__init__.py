@@ -1,0 +1,15 @@
+"""The tables of the feature: DataFlow declarations, and the SQLAlchemy `METADATA` derived from them."""
+
+from models import (  # noqa: F401  (importing a model module registers it with schema_db)
+    api_key,
+    audit_log,
+    billing_usage,
+    budget_counter,
+    external_agent,
+    invocation_lineage,
+    policy,
+)
+from models.registry import build_metadata
+
+METADATA = build_metadata()
+TABLES = METADATA.tables

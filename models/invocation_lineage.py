@@ -1,0 +1,57 @@
+"""`invocation_lineage`: one row per invocation, with the five identity layers, outcome, cost and timings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from models.column_types import DOUBLE, INTEGER, JSONB, TEXT, TIMESTAMPTZ, varchar
+from models.registry import PRIMARY_KEY, SERVER_NOW, Index, schema_db
+
+
+@schema_db.model
+class InvocationLineage:
+    __tablename__ = "invocation_lineage"
+    __indexes__ = (
+        Index("idx_invocation_lineage_user_email", ("external_user_email",)),
+        Index("idx_invocation_lineage_agent_id", ("external_agent_id",)),
+        Index("idx_invocation_lineage_timestamp", ("request_timestamp",)),
+        Index("idx_invocation_lineage_parent_id", ("parent_invocation_id",)),
+        Index("idx_invocation_lineage_trace_id", ("trace_id",), unique=True),
+        Index("idx_invocation_lineage_session_id", ("external_session_id",)),
+        Index("idx_invocation_lineage_org_timestamp", ("organization_id", "request_timestamp")),
+    )
+
+    id: Annotated[str, varchar(), PRIMARY_KEY]
+    # The external user.
+    external_user_id: Annotated[str | None, varchar()] = None
+    external_user_email: Annotated[str | None, varchar()] = None
+    external_user_name: Annotated[str | None, varchar()] = None
+    # The external system the call came from.
+    external_system: Annotated[str | None, varchar()] = None
+    external_session_id: Annotated[str | None, varchar()] = None
+    external_trace_id: Annotated[str | None, varchar()] = None
+    external_context: Annotated[dict | None, JSONB] = None
+    # Our caller.
+    api_key_id: Annotated[str | None, varchar()] = None
+    organization_id: Annotated[str, varchar()]
+    # The agent invoked.
+    external_agent_id: Annotated[str | None, varchar()] = None
+    external_agent_name: Annotated[str | None, varchar()] = None
+    platform: Annotated[str | None, varchar(50)] = None
+    # Tracing.
+    trace_id: Annotated[str, varchar()]
+    parent_invocation_id: Annotated[str | None, varchar()] = None
+    workflow_id: Annotated[str | None, varchar()] = None
+    # What happened.
+    input: Annotated[dict | None, JSONB] = None
+    output: Annotated[dict | None, JSONB] = None
+    status: Annotated[str, varchar(50)]
+    denial_reason: Annotated[str | None, TEXT] = None
+    cost_usd: Annotated[float | None, DOUBLE] = None
+    duration_ms: Annotated[float | None, DOUBLE] = None
+    webhook_delivery_status: Annotated[str | None, varchar(50)] = None
+    webhook_delivery_error: Annotated[str | None, TEXT] = None
+    webhook_attempts: Annotated[int | None, INTEGER] = None
+    request_timestamp: Annotated[datetime, TIMESTAMPTZ, SERVER_NOW]
+    response_timestamp: Annotated[datetime | None, TIMESTAMPTZ] = None

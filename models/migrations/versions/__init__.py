@@ -1,0 +1,1 @@
+"""Alembic revisions of the feature's schema (a package so that an installed copy ships them)."""

@@ -8,7 +8,6 @@ half-applied installation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -36,7 +35,7 @@ class Kind(StrEnum):
     INDEX = "index"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SchemaObject:
     kind: Kind
     table: str
@@ -53,30 +52,28 @@ class SchemaObject:
         return f"{self.kind} {qualified}"
 
 
-def _ordered(names: Iterable[str], first: tuple[str, ...]) -> list[str]:
-    ordered = list(names)
-    return sorted(ordered, key=lambda name: (first.index(name) if name in first else len(first), ordered.index(name)))
-
-
 def schema_objects() -> tuple[SchemaObject, ...]:
-    """Tables (the added column right after its table), then indexes: the seed's first, then by table and name."""
-    tables = _ordered((table.name for table in METADATA.sorted_tables), _SEED_TABLES)
-    objects: list[SchemaObject] = []
-    for name in tables:
-        objects.append(SchemaObject(Kind.TABLE, name, name, owned=name != EXTENDED_TABLE))
-        if name == EXTENDED_TABLE:
-            objects.append(SchemaObject(Kind.COLUMN, name, ADDED_COLUMN, owned=True))
-    indexes = [
-        (index.name, table_name, index)
-        for table_name in tables
-        for index in sorted(METADATA.tables[table_name].indexes, key=lambda index: str(index.name))
-    ]
-    by_name = {name: (table_name, index) for name, table_name, index in indexes}
-    for name in _ordered((name for name, _, _ in indexes), _SEED_INDEXES):
-        table_name, index = by_name[name]
-        owned = table_name != EXTENDED_TABLE or ADDED_COLUMN in index.columns
-        objects.append(SchemaObject(Kind.INDEX, table_name, name, owned=owned))
-    return tuple(objects)
+    """In creation order: the seed's tables, then the seed's indexes, then the other tables, then the others'.
+
+    The added column comes right after its table; the rest follow METADATA's table order, indexes by name.
+    """
+    ranked: list[tuple[tuple[int, int, str], SchemaObject]] = []
+    for position, table in enumerate(t.name for t in METADATA.sorted_tables):
+        key = (0, _SEED_TABLES.index(table), "") if table in _SEED_TABLES else (2, position, "")
+        ranked.append((key, SchemaObject(kind=Kind.TABLE, table=table, name=table, owned=table != EXTENDED_TABLE)))
+        if table == EXTENDED_TABLE:
+            ranked.append(
+                (
+                    (key[0], key[1], ADDED_COLUMN),
+                    SchemaObject(kind=Kind.COLUMN, table=table, name=ADDED_COLUMN, owned=True),
+                )
+            )
+        for index in METADATA.tables[table].indexes:
+            name = str(index.name)
+            key = (1, _SEED_INDEXES.index(name), "") if name in _SEED_INDEXES else (3, position, name)
+            owned = table != EXTENDED_TABLE or ADDED_COLUMN in index.columns
+            ranked.append((key, SchemaObject(kind=Kind.INDEX, table=table, name=name, owned=owned)))
+    return tuple(schema_object for _, schema_object in sorted(ranked, key=lambda pair: pair[0]))
 
 
 def metadata_index(schema_object: SchemaObject) -> sa.Index:

@@ -1,0 +1,81 @@
+"""Bearer API-key authentication for every HTTP route except health and version, as one ASGI middleware.
+
+It runs before any route, including those Nexus mounts itself, so nothing is reachable without a key.
+The authenticated `Caller` is put on the request scope for routes to read.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from channels.error_responses import error_response
+from errors import ForbiddenError
+from stores.api_keys import Caller, authenticate
+
+logger = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset({"/api/health", "/api/version"})
+
+
+class BearerAuthMiddleware:
+    def __init__(self, app: ASGIApp, *, engine_of: Callable[[], AsyncEngine]) -> None:
+        self.app = app
+        self.engine_of = engine_of
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        if scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        key = _bearer_key(scope)
+        if key is None:
+            await _reject(scope, receive, send, request_id, "Missing or malformed Authorization: Bearer <api key>")
+            return
+        try:
+            caller = await authenticate(self.engine_of(), key)
+        except Exception as exc:
+            logger.error("auth.lookup_failed request_id=%s error=%s", request_id, type(exc).__name__)
+            response = error_response(
+                503, "Authentication unavailable: the database is unreachable", request_id=request_id
+            )
+            await response(scope, receive, send)
+            return
+        if caller is None:
+            await _reject(scope, receive, send, request_id, "Invalid or revoked API key")
+            return
+        state["caller"] = caller
+        await self.app(scope, receive, send)
+
+
+def _bearer_key(scope: Scope) -> str | None:
+    for name, raw in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = raw.decode("latin-1").partition(" ")
+            token = token.strip()
+            return token if scheme.lower() == "bearer" and token else None
+    return None
+
+
+async def _reject(scope: Scope, receive: Receive, send: Send, request_id: str, detail: str) -> None:
+    response = error_response(401, detail, request_id=request_id, headers={"WWW-Authenticate": "Bearer"})
+    await response(scope, receive, send)
+
+
+def caller_with(request: Request, permission: str) -> Caller:
+    """The authenticated caller, if it holds `permission` (or admin)."""
+    caller: Caller = request.state.caller
+    if not caller.can(permission):
+        raise ForbiddenError(f"This API key lacks the '{permission}' permission")
+    return caller

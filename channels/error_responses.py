@@ -1,0 +1,95 @@
+"""The one place where errors become HTTP responses: `{status_code, detail, error_code, timestamp, request_id}`."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from errors import ExternalAgentsError
+
+logger = logging.getLogger(__name__)
+
+_CODES = {
+    400: "VALIDATION_ERROR",
+    401: "UNAUTHORIZED",
+    402: "BUDGET_EXCEEDED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    429: "RATE_LIMIT_EXCEEDED",
+    431: "HEADERS_TOO_LARGE",
+    500: "INTERNAL_ERROR",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+
+def request_id_of(request: Request | None) -> str:
+    if request is not None and getattr(request.state, "request_id", None):
+        return request.state.request_id
+    return uuid.uuid4().hex
+
+
+def error_body(
+    status_code: int, detail: str, *, request_id: str, error_code: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "status_code": status_code,
+        "detail": detail,
+        "error_code": error_code or _CODES.get(status_code, "ERROR"),
+        "timestamp": datetime.now(UTC).isoformat(),
+        "request_id": request_id,
+        **extra,
+    }
+
+
+def error_response(
+    status_code: int,
+    detail: str,
+    *,
+    request_id: str,
+    error_code: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = error_body(status_code, detail, request_id=request_id, error_code=error_code, **extra)
+    return JSONResponse(body, status_code=status_code, headers={"X-Request-ID": request_id, **(headers or {})})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def own_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ExternalAgentsError)
+        return error_response(
+            exc.status_code, exc.detail, request_id=request_id_of(request), error_code=exc.error_code, **exc.extra
+        )
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return error_response(exc.status_code, str(exc.detail), request_id=request_id_of(request))
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
+        return error_response(
+            400, f"{field or 'request'}: {first.get('msg', 'invalid value')}", request_id=request_id_of(request)
+        )
+
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # The exception's text may carry user input or a driver's message: log its type only.
+        request_id = request_id_of(request)
+        logger.error("request.failed request_id=%s error=%s", request_id, type(exc).__name__)
+        return error_response(500, "Internal server error", request_id=request_id)
+
+    app.add_exception_handler(ExternalAgentsError, own_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected_error)

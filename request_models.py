@@ -1,0 +1,91 @@
+"""Shapes of the requests every channel accepts (REST bodies, MCP tool arguments, CLI options).
+
+Validated here once, so a bad value gets the same 400 and the same message whichever channel sent it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import ValidationError as PydanticValidationError
+
+from errors import ValidationError
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"\S")]
+Cost = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
+ModelT = TypeVar("ModelT", bound=BaseModel)
+PerPeriod = Annotated[int, Field(ge=1, le=10_000_000, strict=True)]
+
+
+class AgentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    description: Annotated[str | None, Field(max_length=10_000)] = None
+    platform: Annotated[str, Field(min_length=1, max_length=50)]
+    platform_config: dict[str, Any]
+    auth_config: dict[str, Any] = Field(default_factory=lambda: {"auth_type": "none", "credentials": {}})
+    max_monthly_cost: Cost | None = None
+    max_daily_cost: Cost | None = None
+    cost_per_execution: Cost | None = None
+    requests_per_minute: PerPeriod | None = None
+    requests_per_hour: PerPeriod | None = None
+    requests_per_day: PerPeriod | None = None
+
+
+class AgentUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name | None = None
+    description: Annotated[str | None, Field(max_length=10_000)] = None
+    platform_config: dict[str, Any] | None = None
+    auth_config: dict[str, Any] | None = None
+    max_monthly_cost: Cost | None = None
+    max_daily_cost: Cost | None = None
+    cost_per_execution: Cost | None = None
+    requests_per_minute: PerPeriod | None = None
+    requests_per_hour: PerPeriod | None = None
+    requests_per_day: PerPeriod | None = None
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "body"
+
+
+def describe_validation_error(exc: PydanticValidationError) -> str:
+    """'field: message' for the first few errors, one line."""
+    parts = []
+    for error in exc.errors()[:3]:
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        if error.get("type") == "extra_forbidden":
+            message = "unknown field"
+        parts.append(f"{_field_path(tuple(error.get('loc', ())))}: {message}")
+    return "; ".join(parts)
+
+
+def parse(model: type[ModelT], data: Any) -> ModelT:
+    """Validate `data` as `model`, raising our ValidationError naming the field."""
+    if not isinstance(data, dict):
+        raise ValidationError("Request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except PydanticValidationError as exc:
+        raise ValidationError(describe_validation_error(exc)) from None
+
+
+def reject_nul(value: Any, path: str = "body") -> None:
+    """PostgreSQL cannot store U+0000 in text or jsonb; refuse it up front rather than fail on write."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValidationError(f"{path}: the NUL character (U+0000) is not allowed")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            reject_nul(key, path)
+            reject_nul(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            reject_nul(item, f"{path}[{index}]")

@@ -1,0 +1,125 @@
+"""Reads and writes of `external_agents`, always scoped to one organisation."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from errors import ConflictError
+from models import TABLES
+
+agents = TABLES["external_agents"]
+counters = TABLES["budget_counters"]
+
+
+def _duplicate_name(name: str) -> ConflictError:
+    return ConflictError(f"An external agent named '{name}' already exists in this organization")
+
+
+async def insert_agent(engine: AsyncEngine, row: dict[str, Any]) -> dict[str, Any]:
+    try:
+        async with engine.begin() as connection:
+            result = await connection.execute(agents.insert().values(**row).returning(*agents.c))
+            return dict(result.one()._mapping)
+    except IntegrityError as exc:
+        raise _duplicate_name(row["name"]) from exc
+
+
+async def get_agent(engine: AsyncEngine, *, organization_id: str, agent_id: str) -> dict[str, Any] | None:
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            sa.select(agents).where(agents.c.id == agent_id, agents.c.organization_id == organization_id)
+        )
+        row = result.first()
+    return dict(row._mapping) if row else None
+
+
+def month_counter_id(agent_id_column: Any, now: datetime) -> Any:
+    """SQL for the id of an agent's counter row of the current UTC month (see models/budget_counter.py)."""
+    return agent_id_column + sa.literal(f"|month|{now:%Y-%m}")
+
+
+async def list_agents(
+    engine: AsyncEngine,
+    *,
+    organization_id: str,
+    page: int,
+    limit: int,
+    platform: str | None = None,
+    search: str | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of agents, newest first, each with this month's spend in micro-dollars, and the true total."""
+    conditions = [agents.c.organization_id == organization_id]
+    if platform:
+        conditions.append(agents.c.platform == platform)
+    if search:
+        needle = search.lower()
+        conditions.append(
+            sa.or_(
+                sa.func.lower(agents.c.name).contains(needle, autoescape=True),
+                sa.func.lower(sa.func.coalesce(agents.c.description, "")).contains(needle, autoescape=True),
+            )
+        )
+    now = datetime.now(UTC)
+    page_query = (
+        sa.select(agents, sa.func.coalesce(counters.c.spent_micros, 0).label("month_spent_micros"))
+        .outerjoin(counters, counters.c.id == month_counter_id(agents.c.id, now))
+        .where(*conditions)
+        .order_by(agents.c.created_at.desc(), agents.c.id)
+        .limit(limit)
+        .offset((page - 1) * limit)
+    )
+    count_query = sa.select(sa.func.count()).select_from(agents).where(*conditions)
+    async with engine.connect() as connection:
+        rows = [dict(r._mapping) for r in (await connection.execute(page_query)).all()]
+        total = (await connection.execute(count_query)).scalar_one()
+    return rows, total
+
+
+async def update_agent(
+    engine: AsyncEngine, *, organization_id: str, agent_id: str, values: dict[str, Any]
+) -> dict[str, Any] | None:
+    try:
+        async with engine.begin() as connection:
+            result = await connection.execute(
+                agents.update()
+                .where(agents.c.id == agent_id, agents.c.organization_id == organization_id)
+                .values(**values, updated_at=datetime.now(UTC))
+                .returning(*agents.c)
+            )
+            row = result.first()
+    except IntegrityError as exc:
+        raise _duplicate_name(values.get("name", "")) from exc
+    return dict(row._mapping) if row else None
+
+
+async def delete_agent(engine: AsyncEngine, *, organization_id: str, agent_id: str) -> bool:
+    async with engine.begin() as connection:
+        result = await connection.execute(
+            agents.delete().where(agents.c.id == agent_id, agents.c.organization_id == organization_id)
+        )
+    return result.rowcount == 1
+
+
+async def all_credential_tokens(engine: AsyncEngine) -> list[tuple[str, bytes]]:
+    """Every agent's id and credential token, for key rotation."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            sa.select(agents.c.id, agents.c.encrypted_credentials).where(agents.c.encrypted_credentials.is_not(None))
+        )
+        return [(r.id, bytes(r.encrypted_credentials)) for r in result.all()]
+
+
+async def replace_credential_token(engine: AsyncEngine, *, agent_id: str, old: bytes, new: bytes) -> bool:
+    """Swap one token, only if it is still the one that was read (a concurrent PATCH wins)."""
+    async with engine.begin() as connection:
+        result = await connection.execute(
+            agents.update()
+            .where(agents.c.id == agent_id, agents.c.encrypted_credentials == old)
+            .values(encrypted_credentials=new)
+        )
+    return result.rowcount == 1

@@ -1,0 +1,55 @@
+"""Append-only writes and reads of `audit_log`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from models import TABLES
+
+audit_log = TABLES["audit_log"]
+
+
+def audit_row(
+    *,
+    event_type: str,
+    organization_id: str,
+    actor_id: str | None,
+    resource_type: str | None,
+    resource_id: str | None,
+    details: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "event_type": event_type,
+        "organization_id": organization_id,
+        "actor_id": actor_id,
+        "resource_type": resource_type,
+        "resource_id": resource_id,
+        "details": details or {},
+    }
+
+
+async def insert_audit_rows(target: AsyncEngine | AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Write audit rows, in their own transaction or inside the caller's."""
+    if not rows:
+        return
+    if isinstance(target, AsyncConnection):
+        await target.execute(audit_log.insert(), rows)
+        return
+    async with target.begin() as connection:
+        await connection.execute(audit_log.insert(), rows)
+
+
+async def list_audit(
+    engine: AsyncEngine, *, organization_id: str, event_type: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    query = sa.select(audit_log).where(audit_log.c.organization_id == organization_id)
+    if event_type:
+        query = query.where(audit_log.c.event_type == event_type)
+    query = query.order_by(audit_log.c.created_at.desc()).limit(limit)
+    async with engine.connect() as connection:
+        return [dict(r._mapping) for r in (await connection.execute(query)).all()]

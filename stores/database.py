@@ -1,0 +1,52 @@
+"""The async SQLAlchemy engine over PostgreSQL (asyncpg) or the embedded SQLite file (aiosqlite)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from settings import Settings
+
+
+def _json_dumps(value: Any) -> str:
+    # Compact and unescaped: the value reads back exactly, and JSON text stays small.
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    if settings.is_sqlite:
+        settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(
+            settings.async_database_url,
+            json_serializer=_json_dumps,
+            connect_args={"timeout": 30},
+        )
+
+        @sa.event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # WAL lets readers proceed while one writer commits; the busy timeout queues writers instead of
+            # failing them with "database is locked".
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return create_async_engine(
+        settings.async_database_url,
+        json_serializer=_json_dumps,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_pool_size,
+        pool_timeout=10,
+        pool_pre_ping=False,
+        connect_args={"command_timeout": 30, "server_settings": {"application_name": "external-agents"}},
+    )
+
+
+async def ping(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        await connection.execute(sa.text("SELECT 1"))

@@ -1,0 +1,62 @@
+"""Workflows of the agent registry, built once at start-up: each operation is its node plus the audit node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kailash.workflow import Workflow
+from kailash.workflow.builder import WorkflowBuilder
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import nodes.agents
+import nodes.audit  # noqa: F401
+from credential_cipher import CredentialCipher
+from nodes.agents import AgentDefaults
+from nodes.platforms.base import DeliveryOptions
+
+
+@dataclass(frozen=True)
+class RegistryWorkflows:
+    create: Workflow
+    get: Workflow
+    list: Workflow
+    update: Workflow
+    delete: Workflow
+
+
+def _with_audit(node_type: str, node_id: str, config: dict, engine: AsyncEngine, name: str) -> Workflow:
+    builder = WorkflowBuilder()
+    builder.add_node(node_type, node_id, config)
+    builder.add_node("RecordAuditNode", "audit", {"engine": engine})
+    builder.add_connection(node_id, "audit_events", "audit", "audit_events")
+    return builder.build(name=name)
+
+
+def _single(node_type: str, node_id: str, config: dict, name: str) -> Workflow:
+    builder = WorkflowBuilder()
+    builder.add_node(node_type, node_id, config)
+    return builder.build(name=name)
+
+
+def build_registry_workflows(
+    *, engine: AsyncEngine, cipher: CredentialCipher, defaults: AgentDefaults, options: DeliveryOptions
+) -> RegistryWorkflows:
+    return RegistryWorkflows(
+        create=_with_audit(
+            "CreateAgentNode",
+            "create_agent",
+            {"engine": engine, "cipher": cipher, "defaults": defaults, "options": options},
+            engine,
+            "create_external_agent",
+        ),
+        get=_single("GetAgentNode", "get_agent", {"engine": engine}, "get_external_agent"),
+        list=_single("ListAgentsNode", "list_agents", {"engine": engine}, "list_external_agents"),
+        update=_with_audit(
+            "UpdateAgentNode",
+            "update_agent",
+            {"engine": engine, "cipher": cipher, "options": options},
+            engine,
+            "update_external_agent",
+        ),
+        delete=_with_audit("DeleteAgentNode", "delete_agent", {"engine": engine}, engine, "delete_external_agent"),
+    )

@@ -1,0 +1,393 @@
+"""Delivering one invocation to its platform: URL policy, auth, timeout, retries, and errors without secrets.
+
+Everything here is shared by all platforms so that an adapter only describes its payload. The retry policy
+follows SPEC §6: up to 1 + retry_attempts attempts with exponential backoff, retrying network errors,
+timeouts, 429 and 5xx, honouring Retry-After, and never retrying other 4xx (the same request would fail the
+same way). A Retry-After longer than `max_retry_after_seconds` is not waited for: the delivery fails at once
+with the platform's `retry_after`, since retrying sooner than the platform asked would only be refused again.
+
+A failure raises PlatformError (PlatformTimeoutError for timeouts) whose `reached_platform` is False only when
+no attempt got as far as the platform (refused URL, DNS failure, refused connection, token endpoint down), so
+the caller can release a budget reservation for work that certainly did not happen.
+
+Error texts and log lines never carry a credential: every error text goes through `redact` (and the known
+secret values of the agent are replaced too), and logs name the host, never the URL, because webhook URLs and
+Telegram's bot URLs are secrets themselves; httpx's own request log line is cut to the host for the same
+reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from errors import PlatformError, PlatformTimeoutError, ValidationError
+from nodes.platforms.auth import OAuth2TokenCache, auth_headers, client_credentials_grant
+from nodes.platforms.base import DeliveryOptions, DeliveryRequest, DeliveryResult, OutgoingRequest, PlatformAdapter
+from nodes.platforms.webhook_url import resolve_and_check
+
+logger = logging.getLogger(__name__)
+
+REDACTED = "***"
+# Secrets shorter than this are not replaced verbatim: replacing "ab" everywhere would garble the text.
+MIN_SECRET_LENGTH = 4
+MAX_ERROR_BODY = 200
+# Only this much of an error response is read: enough for the platform's message.
+ERROR_BODY_BYTES = 4096
+# The platform already decoded these; the rebuilt response must not decode or frame it again.
+_DECODED_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+_REDACTIONS = (
+    # Telegram bot token in a Bot API URL path, then on its own.
+    (re.compile(r"bot\d+:[A-Za-z0-9_-]+"), f"bot{REDACTED}"),
+    (re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{20,}"), REDACTED),
+    (re.compile(r"(?i)\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+"), rf"\1 {REDACTED}"),
+    # key=value, key: value and "key": "value" for the usual secret names.
+    (
+        re.compile(
+            r"""(?ix)
+            (\b(?:api[_-]?key|apikey|access[_-]?token|refresh[_-]?token|id[_-]?token|token|
+                client[_-]?secret|secret|password|passwd|signature|sig)
+            ["']?\s*[:=]\s*["']?)
+            [^\s"'&,;}]+
+            """
+        ),
+        rf"\1{REDACTED}",
+    ),
+    # user:password@ in a URL.
+    (re.compile(r"://[^/\s:@]+:[^/\s@]+@"), f"://{REDACTED}@"),
+)
+
+
+# Set while `deliver` runs, so the httpx log filter below touches only delivery requests.
+_IN_DELIVERY: ContextVar[bool] = ContextVar("platform_delivery", default=False)
+
+
+class _HideDeliveryUrls(logging.Filter):
+    """Cuts the path and query from the URLs httpx logs while a delivery is sending.
+
+    httpx logs every request's full URL at INFO, and a delivery URL is often a secret (a Slack or Discord
+    webhook path, a Teams `sig=`, a Telegram bot token). Only requests made inside `deliver` are rewritten.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _IN_DELIVERY.get() and isinstance(record.args, tuple):
+            record.args = tuple(
+                f"{arg.scheme}://{arg.netloc.decode('ascii')}/{REDACTED}" if isinstance(arg, httpx.URL) else arg
+                for arg in record.args
+            )
+        return True
+
+
+_httpx_logger = logging.getLogger("httpx")
+if not any(isinstance(f, _HideDeliveryUrls) for f in _httpx_logger.filters):
+    _httpx_logger.addFilter(_HideDeliveryUrls())
+
+
+def redact(text: str) -> str:
+    """`text` with anything shaped like a credential replaced by ***."""
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After value: delay-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+async def deliver(
+    request: DeliveryRequest,
+    *,
+    adapter: PlatformAdapter,
+    client: httpx.AsyncClient,
+    options: DeliveryOptions,
+    token_cache: OAuth2TokenCache,
+) -> DeliveryResult:
+    """Send `request` to its platform, retrying as SPEC §6 says; raise PlatformError when it cannot be done."""
+    delivery = _Delivery(request=request, adapter=adapter, client=client, options=options, token_cache=token_cache)
+    marker = _IN_DELIVERY.set(True)
+    try:
+        return await delivery.run()
+    finally:
+        _IN_DELIVERY.reset(marker)
+
+
+class _Delivery:
+    """The state of one delivery across its attempts."""
+
+    def __init__(
+        self,
+        *,
+        request: DeliveryRequest,
+        adapter: PlatformAdapter,
+        client: httpx.AsyncClient,
+        options: DeliveryOptions,
+        token_cache: OAuth2TokenCache,
+    ) -> None:
+        self.request = request
+        self.adapter = adapter
+        self.client = client
+        self.options = options
+        self.token_cache = token_cache
+        self.grant = client_credentials_grant(request.auth_type, request.auth_config, request.credentials)
+        self.secrets = _secret_values(request, adapter)
+        self.attempts = 0
+        # True once any attempt may have been processed by the platform; a later refused connection does not
+        # undo an earlier 500 that the platform may have acted on.
+        self.reached = False
+        self.refreshed = False
+        self.host = ""
+        self.timeout = options.timeout_seconds
+        # Jitter so that invocations failing together do not retry together.
+        self._backoff = wait_exponential(
+            multiplier=options.backoff_base_seconds, max=options.max_retry_after_seconds
+        ) + wait_random(0, options.backoff_base_seconds)
+
+    async def run(self) -> DeliveryResult:
+        try:
+            outgoing = self.adapter.build_request(self.request)
+        except ValidationError as exc:
+            raise PlatformError(self.scrub(exc.detail), reached_platform=False) from exc
+        self.host = httpx.URL(outgoing.url).host
+        if outgoing.timeout_seconds is not None:
+            self.timeout = min(self.timeout, outgoing.timeout_seconds)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(1 + self.options.retry_attempts),
+            wait=self._wait,
+            retry=retry_if_exception(self._should_retry),
+            reraise=True,
+        )
+        try:
+            result: DeliveryResult = await retrying(self._attempt, outgoing)
+        except PlatformError as exc:
+            raise self._final(exc) from exc
+        logger.info(
+            "platform_delivery.delivered platform=%s host=%s status=%s attempts=%d",
+            self.adapter.platform,
+            self.host,
+            result.status_code,
+            result.attempts,
+        )
+        return result
+
+    def scrub(self, text: str) -> str:
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+        return redact(text)
+
+    def _should_retry(self, exc: BaseException) -> bool:
+        if not isinstance(exc, PlatformError) or not exc.retryable:
+            return False
+        return exc.retry_after is None or exc.retry_after <= self.options.max_retry_after_seconds
+
+    def _wait(self, retry_state: RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, PlatformError) and exc.retry_after is not None:
+            return exc.retry_after
+        return self._backoff(retry_state)
+
+    def _final(self, exc: PlatformError) -> PlatformError:
+        plural = "" if self.attempts == 1 else "s"
+        error = type(exc)(
+            self.scrub(f"{exc.detail} (after {self.attempts} attempt{plural})"),
+            retryable=exc.retryable,
+            retry_after=exc.retry_after,
+            reached_platform=exc.reached_platform or self.reached,
+            platform_status=exc.platform_status,
+        )
+        logger.warning(
+            "platform_delivery.failed platform=%s host=%s attempts=%d status=%s retryable=%s reached_platform=%s",
+            self.adapter.platform,
+            self.host,
+            self.attempts,
+            exc.platform_status,
+            error.retryable,
+            error.reached_platform,
+        )
+        return error
+
+    async def _attempt(self, outgoing: OutgoingRequest) -> DeliveryResult:
+        self.attempts += 1
+        await self._check_urls(outgoing)
+        headers, response = await self._send_authenticated(outgoing)
+        if response.status_code == 401 and self.grant is not None and not self.refreshed:
+            # The token may have been revoked before it expired: fetch a new one, once per delivery.
+            self.refreshed = True
+            rejected = headers.get("Authorization", "").removeprefix("Bearer ")
+            self.token_cache.invalidate(self.grant, rejected_token=rejected)
+            _, response = await self._send_authenticated(outgoing)
+        return self._result(response)
+
+    async def _check_urls(self, outgoing: OutgoingRequest) -> None:
+        # Every attempt: the name may resolve elsewhere by now.
+        checks = [(outgoing.url, f"platform_config.{self.adapter.url_field}")]
+        if self.grant is not None:
+            checks.append((self.grant.token_url, "auth_config.credentials.token_url"))
+        for url, field in checks:
+            try:
+                await resolve_and_check(
+                    url,
+                    allow_private=self.options.allow_private_webhooks,
+                    allowed_domains=self.options.allowed_webhook_domains,
+                    field=field,
+                )
+            except ValidationError as exc:
+                raise PlatformError(self.scrub(exc.detail), reached_platform=False) from exc
+
+    async def _send_authenticated(self, outgoing: OutgoingRequest) -> tuple[dict[str, str], httpx.Response]:
+        try:
+            auth = await auth_headers(
+                auth_type=self.request.auth_type,
+                auth_config=self.request.auth_config,
+                credentials=self.request.credentials,
+                body=outgoing.content,
+                client=self.client,
+                token_cache=self.token_cache,
+                timeout_seconds=self.timeout,
+            )
+        except ValidationError as exc:
+            raise PlatformError(self.scrub(exc.detail), reached_platform=False) from exc
+        # A fetched OAuth2 token is a secret too, though it is not among the stored credentials.
+        for value in auth.values():
+            self.secrets.update(v for v in (value, value.removeprefix("Bearer ")) if len(v) >= MIN_SECRET_LENGTH)
+        headers = {**outgoing.headers, **auth}
+        return headers, await self._send(outgoing, headers)
+
+    async def _send(self, outgoing: OutgoingRequest, headers: dict[str, str]) -> httpx.Response:
+        http_request = self.client.build_request(
+            outgoing.method, outgoing.url, headers=headers, content=outgoing.content or None, timeout=self.timeout
+        )
+        started = time.perf_counter()
+        try:
+            # httpx's timeout applies per read; this bounds a platform that trickles a response too.
+            async with asyncio.timeout(self.timeout):
+                # Never follow redirects: the target was not checked against the URL policy (see webhook_url).
+                response = await self.client.send(http_request, follow_redirects=False, stream=True)
+                try:
+                    limit = self.options.max_response_bytes if response.is_success else ERROR_BODY_BYTES
+                    body, truncated = await _read_body(response, limit=limit)
+                finally:
+                    await response.aclose()
+        except (TimeoutError, httpx.TransportError) as exc:
+            error = self._transport_error(exc)
+            self.reached = self.reached or error.reached_platform
+            self._log_attempt(type(error).__name__, started)
+            raise error from exc
+        self.reached = True
+        self._log_attempt(response.status_code, started)
+        if truncated and response.is_success:
+            raise PlatformError(
+                f"{self.adapter.platform} response is larger than {self.options.max_response_bytes} bytes",
+                platform_status=response.status_code,
+            )
+        headers_kept = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _DECODED_HEADERS]
+        return httpx.Response(response.status_code, headers=headers_kept, content=body, request=http_request)
+
+    def _transport_error(self, exc: BaseException) -> PlatformError:
+        platform = self.adapter.platform
+        if isinstance(exc, TimeoutError | httpx.TimeoutException):
+            # Before the connection exists nothing was sent; after it, the platform may be working on it.
+            never_sent = isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
+            return PlatformTimeoutError(
+                f"{platform} did not answer within {self.timeout:g} seconds ({self.host})",
+                retryable=True,
+                reached_platform=not never_sent,
+            )
+        reason = self.scrub(str(exc))[:MAX_ERROR_BODY] or type(exc).__name__
+        if isinstance(exc, httpx.UnsupportedProtocol):
+            return PlatformError(f"{platform} URL is not usable: {reason}", reached_platform=False)
+        never_sent = isinstance(exc, httpx.ConnectError | httpx.ProxyError)
+        return PlatformError(
+            f"{platform} delivery to {self.host} failed: {type(exc).__name__}: {reason}",
+            retryable=True,
+            reached_platform=not never_sent,
+        )
+
+    def _result(self, response: httpx.Response) -> DeliveryResult:
+        status = response.status_code
+        if response.is_success:
+            output, cost = self.adapter.parse_response(response)
+            return DeliveryResult(status_code=status, output=output, reported_cost_usd=cost, attempts=self.attempts)
+        snippet = self.scrub(" ".join(response.text.split()))[:MAX_ERROR_BODY]
+        detail = f"{self.adapter.platform} returned HTTP {status}" + (f": {snippet}" if snippet else "")
+        if response.is_redirect or 300 <= status < 400:
+            raise PlatformError(f"{detail}; redirects are not followed", platform_status=status)
+        retryable = status == 429 or status >= 500
+        retry_after = None
+        if retryable:
+            retry_after = self.adapter.retry_after(response)
+            if retry_after is None:
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        raise PlatformError(detail, retryable=retryable, retry_after=retry_after, platform_status=status)
+
+    def _log_attempt(self, status: object, started: float) -> None:
+        logger.info(
+            "platform_delivery.attempt platform=%s host=%s attempt=%d status=%s elapsed_ms=%d",
+            self.adapter.platform,
+            self.host,
+            self.attempts,
+            status,
+            (time.perf_counter() - started) * 1000,
+        )
+
+
+async def _read_body(response: httpx.Response, *, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes of the (decoded) body, and whether there was more."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(chunks)[:limit], True
+    return b"".join(chunks), False
+
+
+def _secret_values(request: DeliveryRequest, adapter: PlatformAdapter) -> set[str]:
+    values: set[str] = set()
+
+    def collect(value: Any) -> None:
+        if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH:
+            values.add(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                collect(item)
+
+    collect(request.credentials)
+    for name in adapter.secret_fields:
+        collect(request.platform_config.get(name))
+    return values

@@ -100,12 +100,14 @@ class PlatformError(ExternalAgentsError):
         retry_after: float | None = None,
         reached_platform: bool = True,
         platform_status: int | None = None,
+        attempts: int | None = None,
     ) -> None:
         super().__init__(detail)
         self.retryable = retryable
         self.retry_after = retry_after
         self.reached_platform = reached_platform
         self.platform_status = platform_status
+        self.attempts = attempts
 
 
 class PlatformTimeoutError(PlatformError):

@@ -89,3 +89,11 @@ def reject_nul(value: Any, path: str = "body") -> None:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             reject_nul(item, f"{path}[{index}]")
+
+
+class InvocationBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: Any
+    context: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None

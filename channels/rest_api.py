@@ -2,45 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from importlib.metadata import version
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
-from app_state import AppState
-from channels.auth import caller_with
-from errors import ValidationError
-from request_models import AgentCreate, AgentUpdate
+from channels.error_responses import request_id_of
+from channels.invocation_responses import invocation_response
+from channels.route_support import caller_input, json_body_schema, read_json_body, state_of
+from nodes.invocation import CONTEXT_HEADER, OPTIONAL_IDENTITY, REQUIRED_IDENTITY
+from request_models import AgentCreate, AgentUpdate, InvocationBody
 from stores.database import ping
 
 router = APIRouter(prefix="/api")
 
-
-def _state(request: Request) -> AppState:
-    return request.app.state.external_agents
-
-
-def _caller_input(request: Request, permission: str) -> dict[str, str]:
-    caller = caller_with(request, permission)
-    return {"api_key_id": caller.api_key_id, "organization_id": caller.organization_id}
-
-
-def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI for a JSON body that the route reads itself (so values are not coerced before validation)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
-
-
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    if not raw:
-        raise ValidationError("Request body is required (JSON)")
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"Malformed JSON body: {exc.msg if hasattr(exc, 'msg') else 'not UTF-8'}") from None
+IDENTITY_HEADERS = (*REQUIRED_IDENTITY, *OPTIONAL_IDENTITY)
 
 
 @router.get("/version")
@@ -56,7 +33,7 @@ async def get_version() -> dict[str, str]:
 
 @router.get("/health")
 async def get_health(request: Request) -> JSONResponse:
-    state = _state(request)
+    state = state_of(request)
     services = {"database": "connected", "redis": "not_configured", "external_agents": "enabled"}
     healthy = True
     try:
@@ -77,11 +54,11 @@ async def get_health(request: Request) -> JSONResponse:
     return JSONResponse({"status": status, "services": services}, status_code=200 if healthy else 503)
 
 
-@router.post("/external-agents", status_code=201, openapi_extra=_body_schema(AgentCreate))
+@router.post("/external-agents", status_code=201, openapi_extra=json_body_schema(AgentCreate))
 async def create_agent(request: Request) -> JSONResponse:
-    caller = _caller_input(request, "create:external_agent")
-    state = _state(request)
-    body = await _json_body(request)
+    caller = caller_input(request, "create:external_agent")
+    state = state_of(request)
+    body = await read_json_body(request)
     results = await state.runner.run(state.registry.create, {"create_agent": {"caller": caller, "body": body}})
     return JSONResponse(results["create_agent"]["agent"], status_code=201)
 
@@ -94,8 +71,8 @@ async def list_agents(
     platform: str | None = Query(None, max_length=50),
     search: str | None = Query(None, max_length=255),
 ) -> JSONResponse:
-    caller = _caller_input(request, "read:external_agent")
-    state = _state(request)
+    caller = caller_input(request, "read:external_agent")
+    state = state_of(request)
     inputs = {"caller": caller, "page": page, "limit": limit, "platform": platform, "search": search}
     results = await state.runner.run(state.registry.list, {"list_agents": inputs})
     return JSONResponse(results["list_agents"]["page_of_agents"])
@@ -103,17 +80,26 @@ async def list_agents(
 
 @router.get("/external-agents/{agent_id}")
 async def get_agent(request: Request, agent_id: str) -> JSONResponse:
-    caller = _caller_input(request, "read:external_agent")
-    state = _state(request)
+    caller = caller_input(request, "read:external_agent")
+    state = state_of(request)
     results = await state.runner.run(state.registry.get, {"get_agent": {"caller": caller, "agent_id": agent_id}})
-    return JSONResponse(results["get_agent"]["agent"])
+    return JSONResponse(results["governance"]["agent"])
 
 
-@router.patch("/external-agents/{agent_id}", openapi_extra=_body_schema(AgentUpdate))
+@router.get("/external-agents/{agent_id}/governance-status")
+async def get_governance_status(request: Request, agent_id: str) -> JSONResponse:
+    caller = caller_input(request, "read:external_agent")
+    state = state_of(request)
+    inputs = {"get_agent": {"caller": caller, "agent_id": agent_id}}
+    results = await state.runner.run(state.governance_status, inputs)
+    return JSONResponse(results["status"]["governance_status"])
+
+
+@router.patch("/external-agents/{agent_id}", openapi_extra=json_body_schema(AgentUpdate))
 async def update_agent(request: Request, agent_id: str) -> JSONResponse:
-    caller = _caller_input(request, "update:external_agent")
-    state = _state(request)
-    body = await _json_body(request)
+    caller = caller_input(request, "update:external_agent")
+    state = state_of(request)
+    body = await read_json_body(request)
     inputs = {"caller": caller, "agent_id": agent_id, "body": body}
     results = await state.runner.run(state.registry.update, {"update_agent": inputs})
     return JSONResponse(results["update_agent"]["agent"])
@@ -121,7 +107,19 @@ async def update_agent(request: Request, agent_id: str) -> JSONResponse:
 
 @router.delete("/external-agents/{agent_id}", status_code=204)
 async def delete_agent(request: Request, agent_id: str) -> Response:
-    caller = _caller_input(request, "delete:external_agent")
-    state = _state(request)
+    caller = caller_input(request, "delete:external_agent")
+    state = state_of(request)
     await state.runner.run(state.registry.delete, {"delete_agent": {"caller": caller, "agent_id": agent_id}})
     return Response(status_code=204)
+
+
+@router.post("/external-agents/{agent_id}/invoke", openapi_extra=json_body_schema(InvocationBody))
+async def invoke_agent(request: Request, agent_id: str) -> JSONResponse:
+    caller = caller_input(request, "invoke:external_agent")
+    state = state_of(request)
+    body = await read_json_body(request)
+    identity: dict[str, Any] = {field: request.headers.get(header) for field, header in IDENTITY_HEADERS}
+    identity["external_context"] = request.headers.get(CONTEXT_HEADER)
+    inputs = {"caller": caller, "agent_id": agent_id, "identity": identity, "body": body}
+    results = await state.runner.run(state.invoke, {"prepare": inputs})
+    return invocation_response(results["record"]["outcome"], request_id=request_id_of(request))

@@ -17,15 +17,15 @@ from credential_cipher import CredentialCipher
 from errors import NotFoundError, ValidationError
 from money import to_micros, to_usd
 from nodes.base import ExternalAgentNode, dependency, value
-from nodes.platforms import validate_platform_config
+from nodes.platforms import get_adapter, validate_platform_config
 from nodes.platforms.auth import validate_auth_config
 from nodes.platforms.base import DeliveryOptions
+from nodes.platforms.webhook_url import check_webhook_url
 from request_models import AgentCreate, AgentUpdate, parse, reject_nul
 from stores import agents as agent_store
 
-# Secrets that some platforms take in platform_config (telegram's bot token, notion's integration token):
-# they are moved into the encrypted envelope and shown as "***".
-SECRET_CONFIG_FIELDS = ("bot_token", "token")
+# Secrets that some platforms take in platform_config (an adapter's `secret_fields`, such as telegram's bot
+# token) are moved into the encrypted envelope and shown as MASK; sending MASK back keeps the stored secret.
 MASK = "***"
 
 
@@ -69,14 +69,37 @@ def present_agent(row: dict[str, Any], *, month_spent_micros: int | None = None)
 
 
 def _split_platform_config(
-    platform: str, platform_config: dict[str, Any], options: DeliveryOptions
+    platform: str,
+    platform_config: dict[str, Any],
+    options: DeliveryOptions,
+    *,
+    stored_secrets: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate a platform config; return what is stored in clear and the secrets to encrypt."""
     reject_nul(platform_config, "platform_config")
-    config = validate_platform_config(platform, platform_config, options=options)
-    secrets = {k: config[k] for k in SECRET_CONFIG_FIELDS if k in config and config[k] != MASK}
-    clear = {**config, **{k: MASK for k in SECRET_CONFIG_FIELDS if k in config}}
-    return clear, secrets
+    secret_fields = get_adapter(platform).secret_fields
+    given = dict(platform_config)
+    for field in secret_fields:
+        if given.get(field) == MASK:
+            if not stored_secrets or field not in stored_secrets:
+                raise ValidationError(f"platform_config.{field}: '{MASK}' keeps a stored secret, and none is stored")
+            given[field] = stored_secrets[field]
+    config = validate_platform_config(platform, given, options=options)
+    secrets = {field: config[field] for field in secret_fields if field in config}
+    return {**config, **dict.fromkeys(secrets, MASK)}, secrets
+
+
+def _auth_config(auth_config: dict[str, Any], options: DeliveryOptions) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    auth_type, settings, credentials = validate_auth_config(auth_config)
+    token_url = settings.get("token_url") or credentials.get("token_url")
+    if isinstance(token_url, str):
+        check_webhook_url(
+            token_url,
+            allow_private=options.allow_private_webhooks,
+            allowed_domains=options.allowed_webhook_domains,
+            field="auth_config.credentials.token_url",
+        )
+    return auth_type, settings, credentials
 
 
 def _seal(cipher: CredentialCipher, *, auth: dict[str, Any], platform: dict[str, Any]) -> bytes:
@@ -94,7 +117,7 @@ def build_agent_row(
     spec = parse(AgentCreate, body)
     reject_nul(body)
     platform_config, platform_secrets = _split_platform_config(spec.platform, spec.platform_config, options)
-    auth_type, auth_settings, credentials = validate_auth_config(spec.auth_config)
+    auth_type, auth_settings, credentials = _auth_config(spec.auth_config, options)
     return {
         "id": str(uuid.uuid4()),
         "name": spec.name,
@@ -138,12 +161,12 @@ def build_agent_changes(
     sealed = cipher.decrypt(current["encrypted_credentials"]) if current["encrypted_credentials"] else {}
     auth_secrets, platform_secrets = sealed.get("auth", {}), sealed.get("platform", {})
     if update.platform_config is not None:
-        config, new_secrets = _split_platform_config(current["platform"], update.platform_config, options)
-        # "***" in a PATCH keeps the stored secret; a field left out drops it.
-        platform_secrets = {k: new_secrets.get(k, platform_secrets.get(k)) for k in SECRET_CONFIG_FIELDS if k in config}
+        config, platform_secrets = _split_platform_config(
+            current["platform"], update.platform_config, options, stored_secrets=platform_secrets
+        )
         changes["platform_config"] = config
     if update.auth_config is not None:
-        auth_type, auth_settings, auth_secrets = validate_auth_config(update.auth_config)
+        auth_type, auth_settings, auth_secrets = _auth_config(update.auth_config, options)
         changes["auth_config"] = {"auth_type": auth_type, **auth_settings}
     changes["encrypted_credentials"] = _seal(cipher, auth=auth_secrets, platform=platform_secrets)
     return changes, update.auth_config is not None

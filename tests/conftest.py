@@ -85,17 +85,17 @@ class Org:
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
 async def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres_url: str):
-    """The Nexus app, migrated and started, over each database; shared by the tests of a session."""
+    """The Nexus app, migrated and started, shared by the tests of a session: embedded (SQLite, in-process
+    rate limiter) and production-like (PostgreSQL and Redis)."""
     from models.migrate import upgrade
     from nexus_app import build_app
 
     data_dir = tmp_path_factory.mktemp(f"gateway-{request.param}")
     if request.param == "postgres":
         reset_postgres_database(postgres_url)
-        url = postgres_url
+        settings = make_settings(postgres_url, str(data_dir), redis_url=TEST_REDIS_URL)
     else:
-        url = f"sqlite:///{data_dir}/gateway.db"
-    settings = make_settings(url, str(data_dir))
+        settings = make_settings(f"sqlite:///{data_dir}/gateway.db", str(data_dir))
     upgrade(settings, report=lambda _line: None)
     app = build_app(settings)
     async with app.fastapi_app.router.lifespan_context(app.fastapi_app):

@@ -8,8 +8,10 @@ from kailash.workflow import Workflow
 from kailash.workflow.builder import WorkflowBuilder
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+# Importing a node module registers its nodes with Kailash, so the builder can name them.
 import nodes.agents
-import nodes.audit  # noqa: F401
+import nodes.audit
+import nodes.governance.status  # noqa: F401
 from credential_cipher import CredentialCipher
 from nodes.agents import AgentDefaults
 from nodes.platforms.base import DeliveryOptions
@@ -38,6 +40,28 @@ def _single(node_type: str, node_id: str, config: dict, name: str) -> Workflow:
     return builder.build(name=name)
 
 
+def _get_with_governance(engine: AsyncEngine) -> Workflow:
+    builder = WorkflowBuilder()
+    builder.add_node("GetAgentNode", "get_agent", {"engine": engine})
+    builder.add_node("AgentGovernanceNode", "governance", {"engine": engine})
+    builder.add_connection("get_agent", "agent", "governance", "agent")
+    return builder.build(name="get_external_agent")
+
+
+def build_governance_status_workflow(
+    *, engine: AsyncEngine, limiter: object, policy_cache: object, thresholds: object
+) -> Workflow:
+    builder = WorkflowBuilder()
+    builder.add_node("GetAgentNode", "get_agent", {"engine": engine})
+    builder.add_node(
+        "GovernanceStatusNode",
+        "status",
+        {"engine": engine, "limiter": limiter, "policy_cache": policy_cache, "thresholds": thresholds},
+    )
+    builder.add_connection("get_agent", "agent", "status", "agent")
+    return builder.build(name="external_agent_governance_status")
+
+
 def build_registry_workflows(
     *, engine: AsyncEngine, cipher: CredentialCipher, defaults: AgentDefaults, options: DeliveryOptions
 ) -> RegistryWorkflows:
@@ -49,7 +73,7 @@ def build_registry_workflows(
             engine,
             "create_external_agent",
         ),
-        get=_single("GetAgentNode", "get_agent", {"engine": engine}, "get_external_agent"),
+        get=_get_with_governance(engine),
         list=_single("ListAgentsNode", "list_agents", {"engine": engine}, "list_external_agents"),
         update=_with_audit(
             "UpdateAgentNode",

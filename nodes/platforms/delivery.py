@@ -225,6 +225,7 @@ class _Delivery:
             retry_after=exc.retry_after,
             reached_platform=exc.reached_platform or self.reached,
             platform_status=exc.platform_status,
+            attempts=self.attempts,
         )
         logger.warning(
             "platform_delivery.failed platform=%s host=%s attempts=%d status=%s retryable=%s reached_platform=%s",

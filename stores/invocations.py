@@ -1,0 +1,55 @@
+"""Writing an invocation's outcome: its lineage row, its billing row and the budget settlement, atomically.
+
+One transaction, so a delivered invocation is always both in lineage and billed (and a crash leaves
+neither), and the budget counters move with the billing rows they summarise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from models import TABLES
+from stores.audit import audit_row, insert_audit_rows
+from stores.budgets import Reservation, release, settle
+
+lineage = TABLES["invocation_lineage"]
+billing = TABLES["billing_usage"]
+
+
+def parent_of(external_trace_id: str | None, organization_id: str) -> Any:
+    """SQL for the invocation whose trace_id the caller sent back as X-External-Trace-ID, if any."""
+    if not external_trace_id:
+        return None
+    return (
+        sa.select(lineage.c.id)
+        .where(lineage.c.trace_id == external_trace_id, lineage.c.organization_id == organization_id)
+        .scalar_subquery()
+    )
+
+
+async def record_invocation(
+    engine: AsyncEngine,
+    *,
+    lineage_row: dict[str, Any],
+    billing_row: dict[str, Any] | None,
+    reservation: Reservation | None,
+    actual_micros: int | None,
+    audit_events: list[dict[str, Any]],
+) -> None:
+    """Insert lineage (+ billing), settle or release the reservation, and append audit rows, in one transaction.
+
+    `actual_micros` None with a reservation means the platform was never reached: the reservation is released.
+    """
+    async with engine.begin() as connection:
+        await connection.execute(lineage.insert().values(**lineage_row))
+        if billing_row is not None:
+            await connection.execute(billing.insert().values(**billing_row))
+        if reservation is not None:
+            if actual_micros is None:
+                await release(connection, reservation=reservation)
+            else:
+                await settle(connection, reservation=reservation, actual_micros=actual_micros)
+        await insert_audit_rows(connection, [audit_row(**event) for event in audit_events])

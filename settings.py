@@ -21,8 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 logger = logging.getLogger(__name__)
 
 FERNET_HOWTO = (
-    'generate one with: python -c "from cryptography.fernet import Fernet; '
-    'print(Fernet.generate_key().decode())"'
+    'generate one with: python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
 )
 
 
@@ -69,7 +68,7 @@ class Settings(BaseSettings):
     kaizen_max_header_bytes: int = Field(16_384, gt=0)
 
     database_url: str | None = None
-    database_pool_size: int = Field(10, gt=0, le=1000)
+    database_pool_size: int = Field(20, gt=0, le=1000)
 
     redis_url: str | None = None
     redis_max_connections: int = Field(50, gt=0)
@@ -94,6 +93,9 @@ class Settings(BaseSettings):
 
     external_agent_policy_conflict_resolution: ConflictResolution = ConflictResolution.DENY_OVERRIDES
     external_agent_policy_fail_mode: PolicyFailMode = PolicyFailMode.CLOSED
+
+    # The organisation's external agent that receives budget warning and degradation alerts.
+    external_agent_alert_channel_name: str = Field("alerts", min_length=1, max_length=255)
 
     external_agent_allowed_webhook_domains: Annotated[list[str], NoDecode] = Field(default_factory=list)
     external_agent_allow_private_webhooks: bool = False
@@ -138,8 +140,7 @@ class Settings(BaseSettings):
     def _thresholds_and_production(self) -> Settings:
         if self.external_agent_budget_warning_threshold > self.external_agent_budget_degradation_threshold:
             raise ValueError(
-                "EXTERNAL_AGENT_BUDGET_WARNING_THRESHOLD must not exceed "
-                "EXTERNAL_AGENT_BUDGET_DEGRADATION_THRESHOLD"
+                "EXTERNAL_AGENT_BUDGET_WARNING_THRESHOLD must not exceed EXTERNAL_AGENT_BUDGET_DEGRADATION_THRESHOLD"
             )
         if self.kaizen_env is Environment.PRODUCTION:
             missing = [
@@ -204,8 +205,9 @@ def _describe(error: dict) -> str:
     return f"Invalid {name}: {message}"
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read and validate the configuration, making the embedded encryption key on first use.
+def load_settings(*, embedded_key: bool = True, **overrides: object) -> Settings:
+    """Read and validate the configuration; with `embedded_key`, read or make the development key file when
+    EXTERNAL_AGENT_ENCRYPTION_KEY is unset (commands that never touch credentials pass False).
 
     Raises SettingsError with one line per bad variable.
     """
@@ -213,7 +215,7 @@ def load_settings(**overrides: object) -> Settings:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise SettingsError("\n".join(_describe(e) for e in exc.errors())) from None
-    if not settings.external_agent_encryption_key:
+    if embedded_key and not settings.external_agent_encryption_key:
         settings.external_agent_encryption_key = _embedded_key(settings.key_file)
     return settings
 

@@ -23,11 +23,20 @@ from nodes.platforms.base import DeliveryOptions, DeliveryRequest
 from nodes.platforms.delivery import deliver
 
 
-def delivery_request(invocation: dict[str, Any], sealed: dict[str, Any]) -> DeliveryRequest:
-    agent, identity = invocation["agent"], invocation["identity"]
+def delivery_request(
+    *,
+    agent: dict[str, Any],
+    sealed: dict[str, Any],
+    invocation_id: str,
+    trace_id: str,
+    input: Any,
+    context: dict[str, Any],
+    identity: dict[str, Any],
+) -> DeliveryRequest:
+    """What an adapter needs to deliver `input` to `agent` (as `agent_view` shows it), secrets unsealed."""
     return DeliveryRequest(
-        invocation_id=invocation["invocation_id"],
-        trace_id=invocation["trace_id"],
+        invocation_id=invocation_id,
+        trace_id=trace_id,
         agent_id=agent["id"],
         agent_name=agent["name"],
         # Secrets kept in the sealed envelope replace their "***" placeholders.
@@ -35,14 +44,19 @@ def delivery_request(invocation: dict[str, Any], sealed: dict[str, Any]) -> Deli
         auth_type=agent["auth_config"]["auth_type"],
         auth_config={k: v for k, v in agent["auth_config"].items() if k != "auth_type"},
         credentials=sealed.get("auth", {}),
-        input=invocation["input"],
-        context=invocation["context"],
-        external_user_id=identity["external_user_id"],
-        external_user_email=identity["external_user_email"],
-        external_user_name=identity["external_user_name"],
-        external_system=identity["external_system"],
-        external_session_id=identity["external_session_id"],
+        input=input,
+        context=context,
+        external_user_id=identity.get("external_user_id"),
+        external_user_email=identity.get("external_user_email"),
+        external_user_name=identity.get("external_user_name"),
+        external_system=identity.get("external_system"),
+        external_session_id=identity.get("external_session_id"),
     )
+
+
+def unseal(cipher: CredentialCipher, agent: dict[str, Any]) -> dict[str, Any]:
+    token = agent["sealed_credentials"]
+    return cipher.decrypt(base64.b64decode(token)) if token else {}
 
 
 def credentials_event(invocation: dict[str, Any]) -> dict[str, Any]:
@@ -73,17 +87,23 @@ class DeliverInvocationNode(ExternalAgentNode):
         invocation = kw["invocation"]
         if denied(invocation):
             return {"invocation": invocation}
-        cipher: CredentialCipher = kw["cipher"]
-        token = invocation["agent"]["sealed_credentials"]
-        sealed = cipher.decrypt(base64.b64decode(token)) if token else {}
-        adapter = get_adapter(invocation["agent"]["platform"])
+        agent = invocation["agent"]
+        request = delivery_request(
+            agent=agent,
+            sealed=unseal(kw["cipher"], agent),
+            invocation_id=invocation["invocation_id"],
+            trace_id=invocation["trace_id"],
+            input=invocation["input"],
+            context=invocation["context"],
+            identity=invocation["identity"],
+        )
         client: httpx.AsyncClient = kw["client"]
         options: DeliveryOptions = kw["options"]
         token_cache: OAuth2TokenCache = kw["token_cache"]
         try:
             result = await deliver(
-                delivery_request(invocation, sealed),
-                adapter=adapter,
+                request,
+                adapter=get_adapter(agent["platform"]),
                 client=client,
                 options=options,
                 token_cache=token_cache,

@@ -15,7 +15,7 @@ from kailash.nodes.base import register_node
 from money import to_micros, to_usd
 from nodes.base import ExternalAgentNode, dependency, value
 from stores.budgets import Reservation
-from stores.invocations import parent_of, record_invocation
+from stores.invocations import record_invocation
 
 DENIAL_EVENTS = {
     "policy": "external_agent.policy_denied",
@@ -107,7 +107,6 @@ class RecordInvocationNode(ExternalAgentNode):
             "external_agent_name": agent["name"],
             "platform": agent["platform"],
             "trace_id": invocation["trace_id"],
-            "parent_invocation_id": parent_of(identity["external_trace_id"], caller["organization_id"]),
             "workflow_id": invocation["workflow_id"],
             "input": invocation["input"],
             "output": delivery.get("output"),

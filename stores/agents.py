@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from errors import ConflictError
 from models import TABLES
+from stores.database import autocommit
 
 agents = TABLES["external_agents"]
 counters = TABLES["budget_counters"]
@@ -30,7 +31,7 @@ async def insert_agent(engine: AsyncEngine, row: dict[str, Any]) -> dict[str, An
 
 
 async def get_agent(engine: AsyncEngine, *, organization_id: str, agent_id: str) -> dict[str, Any] | None:
-    async with engine.connect() as connection:
+    async with autocommit(engine).connect() as connection:
         result = await connection.execute(
             sa.select(agents).where(agents.c.id == agent_id, agents.c.organization_id == organization_id)
         )
@@ -74,7 +75,7 @@ async def list_agents(
         .offset((page - 1) * limit)
     )
     count_query = sa.select(sa.func.count()).select_from(agents).where(*conditions)
-    async with engine.connect() as connection:
+    async with autocommit(engine).connect() as connection:
         rows = [dict(r._mapping) for r in (await connection.execute(page_query)).all()]
         total = (await connection.execute(count_query)).scalar_one()
     return rows, total
@@ -107,7 +108,7 @@ async def delete_agent(engine: AsyncEngine, *, organization_id: str, agent_id: s
 
 async def all_credential_tokens(engine: AsyncEngine) -> list[tuple[str, bytes]]:
     """Every agent's id and credential token, for key rotation."""
-    async with engine.connect() as connection:
+    async with autocommit(engine).connect() as connection:
         result = await connection.execute(
             sa.select(agents.c.id, agents.c.encrypted_credentials).where(agents.c.encrypted_credentials.is_not(None))
         )
@@ -123,3 +124,12 @@ async def replace_credential_token(engine: AsyncEngine, *, agent_id: str, old: b
             .values(encrypted_credentials=new)
         )
     return result.rowcount == 1
+
+
+async def get_agent_by_name(engine: AsyncEngine, *, organization_id: str, name: str) -> dict[str, Any] | None:
+    async with autocommit(engine).connect() as connection:
+        result = await connection.execute(
+            sa.select(agents).where(agents.c.organization_id == organization_id, agents.c.name == name)
+        )
+        row = result.first()
+    return dict(row._mapping) if row else None

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import TABLES
+from stores.database import autocommit
 
 api_keys = TABLES["api_keys"]
 
@@ -83,7 +84,7 @@ async def create_api_key(
 
 async def authenticate(engine: AsyncEngine, key: str) -> Caller | None:
     presented = hash_key(key)
-    async with engine.connect() as connection:
+    async with autocommit(engine).connect() as connection:
         result = await connection.execute(
             sa.select(api_keys.c.id, api_keys.c.organization_id, api_keys.c.permissions, api_keys.c.key_hash).where(
                 api_keys.c.key_hash == presented, api_keys.c.revoked_at.is_(None)
@@ -99,7 +100,7 @@ async def list_api_keys(engine: AsyncEngine, *, organization_id: str | None = No
     query = sa.select(api_keys).order_by(api_keys.c.created_at)
     if organization_id:
         query = query.where(api_keys.c.organization_id == organization_id)
-    async with engine.connect() as connection:
+    async with autocommit(engine).connect() as connection:
         return [dict(r._mapping) for r in (await connection.execute(query)).all()]
 
 
@@ -114,11 +115,11 @@ async def revoke_api_key(engine: AsyncEngine, *, key_id: str) -> bool:
 
 
 async def has_any_key(engine: AsyncEngine) -> bool:
-    async with engine.connect() as connection:
+    async with autocommit(engine).connect() as connection:
         return (await connection.execute(sa.select(api_keys.c.id).limit(1))).first() is not None
 
 
 async def key_exists(engine: AsyncEngine, key: str) -> bool:
-    async with engine.connect() as connection:
+    async with autocommit(engine).connect() as connection:
         result = await connection.execute(sa.select(api_keys.c.id).where(api_keys.c.key_hash == hash_key(key)))
         return result.first() is not None

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from models import TABLES
+from stores.database import autocommit
 
 audit_log = TABLES["audit_log"]
 
@@ -51,5 +52,5 @@ async def list_audit(
     if event_type:
         query = query.where(audit_log.c.event_type == event_type)
     query = query.order_by(audit_log.c.created_at.desc()).limit(limit)
-    async with engine.connect() as connection:
+    async with autocommit(engine).connect() as connection:
         return [dict(r._mapping) for r in (await connection.execute(query)).all()]

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from errors import StorageError
 from models import TABLES
+from stores.database import autocommit
 
 counters = TABLES["budget_counters"]
 billing = TABLES["billing_usage"]
@@ -155,19 +156,42 @@ def _reserve_statement(dialect: str, daily_executions: bool, monthly_executions:
     amount = sa.bindparam("amount", type_=sa.BigInteger)
     day_id, month_id = sa.bindparam("day_id", type_=sa.String), sa.bindparam("month_id", type_=sa.String)
 
-    def fits(row_id: Any, prefix: str, check_executions: bool) -> sa.ColumnElement[bool]:
+    def fits(columns: Any, row_id: Any, prefix: str, check_executions: bool) -> sa.ColumnElement[bool]:
         conditions = [
-            counters.c.id == row_id,
-            counters.c.spent_micros + amount <= sa.bindparam(f"{prefix}_limit", type_=sa.BigInteger),
+            columns.id == row_id,
+            columns.spent_micros + amount <= sa.bindparam(f"{prefix}_limit", type_=sa.BigInteger),
         ]
         if check_executions:
-            conditions.append(counters.c.executions + 1 <= sa.bindparam(f"{prefix}_executions", type_=sa.Integer))
+            conditions.append(columns.executions + 1 <= sa.bindparam(f"{prefix}_executions", type_=sa.Integer))
         return sa.and_(*conditions)
 
+    def both(columns: Any) -> sa.ColumnElement[bool]:
+        return sa.or_(
+            fits(columns, day_id, "day", daily_executions), fits(columns, month_id, "month", monthly_executions)
+        )
+
+    if dialect == "postgresql":
+        # ORDER BY before FOR UPDATE: the rows are locked in sorted order, the same order in every writer, so no
+        # two transactions can each hold the row the other is waiting for. The locked rows are read after any
+        # concurrent writer committed, and the UPDATE applies only when both of them fit: one statement that
+        # takes both periods or neither, so it needs no transaction around it.
+        locked = (
+            sa.select(counters.c.id, counters.c.spent_micros, counters.c.executions)
+            .where(counters.c.id.in_((day_id, month_id)))
+            .order_by(counters.c.id)
+            .with_for_update()
+            .cte("locked")
+        )
+        fitting = sa.select(sa.func.count()).select_from(locked).where(both(locked.c)).scalar_subquery()
+        where = sa.and_(counters.c.id == locked.c.id, fitting == 2)
+    else:
+        # SQLite serialises writers with one database lock, taken when the UPDATE starts; the caller's transaction
+        # rolls a one-row update back. A statement beginning with WITH would not open the driver's implicit
+        # transaction and would commit on its own.
+        where = sa.and_(counters.c.id.in_((day_id, month_id)), both(counters.c))
     return (
         counters.update()
-        .where(_counter_rows(dialect, (day_id, month_id)))
-        .where(sa.or_(fits(day_id, "day", daily_executions), fits(month_id, "month", monthly_executions)))
+        .where(where)
         .values(spent_micros=counters.c.spent_micros + amount, executions=counters.c.executions + 1)
         .returning(counters.c.id, counters.c.spent_micros, counters.c.executions)
     )
@@ -244,7 +268,10 @@ async def reserve(
     statement = _reserve_statement(
         engine.dialect.name, limits.daily_executions is not None, limits.monthly_executions is not None
     )
-    async with engine.connect() as connection:
+    # PostgreSQL's statement takes both periods or neither by itself, so it runs without BEGIN and COMMIT round
+    # trips (begin() below then sends nothing); SQLite's needs the database transaction around it.
+    source = autocommit(engine) if engine.dialect.name == "postgresql" else engine
+    async with source.connect() as connection:
         for _ in range(_ATTEMPTS):
             async with connection.begin() as transaction:
                 rows = {row.id: row for row in await connection.execute(statement, params)}
@@ -322,7 +349,7 @@ async def current_spend_many(engine: AsyncEngine, *, agent_ids: Iterable[str], n
     ids = {agent_id: period_ids(agent_id, now) for agent_id in agent_ids}
     if not ids:
         return {}
-    async with engine.connect() as connection:
+    async with autocommit(engine).connect() as connection:
         counts = await _read(connection, [row_id for pair in ids.values() for row_id in pair])
     spend: dict[str, Spend] = {}
     for agent_id, (day_id, month_id) in ids.items():

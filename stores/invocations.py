@@ -19,15 +19,26 @@ lineage = TABLES["invocation_lineage"]
 billing = TABLES["billing_usage"]
 
 
-def parent_of(external_trace_id: str | None, organization_id: str) -> Any:
-    """SQL for the invocation whose trace_id the caller sent back as X-External-Trace-ID, if any."""
-    if not external_trace_id:
-        return None
-    return (
+def _lineage_insert() -> sa.Insert:
+    """One INSERT for every invocation, built once so SQLAlchemy compiles it once; values come as parameters.
+
+    The parent is the invocation of this organisation whose trace_id the caller sent back as X-External-Trace-ID.
+    """
+    parent = (
         sa.select(lineage.c.id)
-        .where(lineage.c.trace_id == external_trace_id, lineage.c.organization_id == organization_id)
+        .where(
+            lineage.c.trace_id == sa.bindparam("external_trace_id"),
+            lineage.c.organization_id == sa.bindparam("organization_id"),
+        )
         .scalar_subquery()
     )
+    values: dict[str, Any] = {c.name: sa.bindparam(c.name, type_=c.type) for c in lineage.c}
+    values["parent_invocation_id"] = parent
+    return lineage.insert().values(values)
+
+
+LINEAGE_INSERT = _lineage_insert()
+BILLING_INSERT = billing.insert()
 
 
 async def record_invocation(
@@ -43,13 +54,14 @@ async def record_invocation(
 
     `actual_micros` None with a reservation means the platform was never reached: the reservation is released.
     """
+    audit_rows = [audit_row(**event) for event in audit_events]
     async with engine.begin() as connection:
-        await connection.execute(lineage.insert().values(**lineage_row))
+        await connection.execute(LINEAGE_INSERT, lineage_row)
         if billing_row is not None:
-            await connection.execute(billing.insert().values(**billing_row))
+            await connection.execute(BILLING_INSERT, billing_row)
         if reservation is not None:
             if actual_micros is None:
                 await release(connection, reservation=reservation)
             else:
                 await settle(connection, reservation=reservation, actual_micros=actual_micros)
-        await insert_audit_rows(connection, [audit_row(**event) for event in audit_events])
+        await insert_audit_rows(connection, audit_rows)

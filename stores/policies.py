@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import TABLES
+from stores.database import autocommit
 
 policies = TABLES["policies"]
 
@@ -22,12 +23,12 @@ async def list_policies(
             sa.or_(policies.c.external_agent_id.is_(None), policies.c.external_agent_id == external_agent_id)
         )
     query = query.order_by(policies.c.priority.desc(), policies.c.created_at, policies.c.id)
-    async with engine.connect() as connection:
+    async with autocommit(engine).connect() as connection:
         return [dict(r._mapping) for r in (await connection.execute(query)).all()]
 
 
 async def get_policy(engine: AsyncEngine, *, organization_id: str, policy_id: str) -> dict[str, Any] | None:
-    async with engine.connect() as connection:
+    async with autocommit(engine).connect() as connection:
         row = (
             await connection.execute(
                 sa.select(policies).where(policies.c.id == policy_id, policies.c.organization_id == organization_id)

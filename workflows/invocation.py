@@ -1,4 +1,4 @@
-"""The invocation workflow: load agent -> policy -> rate limit -> budget -> deliver -> record -> audit.
+"""The invocation workflow: load agent -> policy -> rate limit -> budget -> deliver -> alerts -> record.
 
 Built once at start-up; every channel (REST, MCP, CLI, a workflow node) runs this same graph.
 """
@@ -13,6 +13,7 @@ from kailash.workflow import Workflow
 from kailash.workflow.builder import WorkflowBuilder
 
 # Importing a node module registers its nodes with Kailash, so the builder can name them.
+import nodes.alerts
 import nodes.delivery
 import nodes.governance.budget
 import nodes.governance.policy_check
@@ -27,6 +28,7 @@ STEPS = (
     ("RateLimitNode", "rate_limit"),
     ("BudgetReserveNode", "budget"),
     ("DeliverInvocationNode", "deliver"),
+    ("SendBudgetAlertsNode", "alerts"),
     ("RecordInvocationNode", "record"),
 )
 
@@ -43,6 +45,7 @@ class InvocationDependencies:
     client: Any
     options: Any
     token_cache: Any
+    alert_channel_name: str
 
 
 def build_invocation_workflow(deps: InvocationDependencies) -> Workflow:
@@ -57,6 +60,14 @@ def build_invocation_workflow(deps: InvocationDependencies) -> Workflow:
             "client": deps.client,
             "options": deps.options,
             "token_cache": deps.token_cache,
+        },
+        "alerts": {
+            "engine": deps.engine,
+            "cipher": deps.cipher,
+            "client": deps.client,
+            "options": deps.options,
+            "token_cache": deps.token_cache,
+            "channel_name": deps.alert_channel_name,
         },
         "record": {"engine": deps.engine},
     }

@@ -245,3 +245,65 @@ async def test_degraded_header_past_the_threshold(client, org, gateway, platform
     ]
     third = await invoke(client, org, agent["id"])
     assert third.status_code == 402
+
+
+async def test_invocations_of_an_agent_are_listed_with_filters(client, org, gateway, platform_server):
+    agent = await register(client, org, platform_server, requests_per_minute=2)
+    for _ in range(3):
+        await invoke(client, org, agent["id"])
+    page = (await client.get(f"/api/external-agents/{agent['id']}/invocations", headers=org.headers)).json()
+    assert page["total"] == 3 and {i["status"] for i in page["items"]} == {"success", "denied"}
+    denied = await client.get(f"/api/external-agents/{agent['id']}/invocations?status=denied", headers=org.headers)
+    assert denied.json()["total"] == 1
+    future = await client.get(
+        f"/api/external-agents/{agent['id']}/invocations",
+        params={"start_date": "2999-01-01T00:00:00+00:00"},
+        headers=org.headers,
+    )
+    assert future.json()["total"] == 0
+    naive = await client.get(
+        f"/api/external-agents/{agent['id']}/invocations",
+        params={"start_date": "2020-01-01T00:00:00"},
+        headers=org.headers,
+    )
+    assert naive.status_code == 400
+    other = await new_org(gateway)
+    assert (
+        await client.get(f"/api/external-agents/{agent['id']}/invocations", headers=other.headers)
+    ).status_code == 404
+
+
+async def test_threshold_alerts_reach_the_alert_channel_once_each(client, org, platform_server):
+    await register(client, org, platform_server, path="/alerts", name="alerts")
+    agent = await register(
+        client,
+        org,
+        platform_server,
+        path="/spend",
+        max_monthly_cost=1.0,
+        max_daily_cost=1.0,
+        cost_per_execution=0.3,
+        requests_per_minute=100,
+    )
+    codes = [(await invoke(client, org, agent["id"])).status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 402]  # 30%, 60%, 90% (warning and degraded at once), then over budget
+    alerts = [r.json()["input"] for r in platform_server.requests("/alerts")]
+    assert sorted(a["alert"] for a in alerts) == ["budget_degraded", "budget_warning"]
+    assert all(a["agent_id"] == agent["id"] and a["usage_percentage"] == 90.0 for a in alerts)
+    assert len(platform_server.requests("/spend")) == 3
+
+
+async def test_no_alert_without_an_alert_channel(client, org, platform_server):
+    agent = await register(
+        client,
+        org,
+        platform_server,
+        path="/quiet",
+        max_monthly_cost=1.0,
+        max_daily_cost=1.0,
+        cost_per_execution=0.9,
+        requests_per_minute=100,
+    )
+    response = await invoke(client, org, agent["id"])
+    assert response.status_code == 200 and response.headers["X-Kaizen-Budget-Degraded"] == "true"
+    assert platform_server.requests("/alerts") == []

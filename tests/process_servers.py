@@ -1,0 +1,122 @@
+"""Real server processes for benchmarks and fault tests: app instances, an instant platform, a fresh database.
+
+Everything binds 127.0.0.1 on free ports and is stopped when its context exits.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import TEST_FERNET_KEY, make_settings, reset_postgres_database
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_API_KEY = "bench-admin-key-0123456789abcdefghij"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fresh_database(url: str, data_dir: str) -> None:
+    """Drop, recreate and migrate the PostgreSQL database at `url`."""
+    from models.migrate import upgrade
+
+    reset_postgres_database(url)
+    upgrade(make_settings(url, data_dir), report=lambda _line: None)
+
+
+def app_env(*, database_url: str, redis_url: str | None, data_dir: str, **extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("EXTERNAL_AGENT_", "KAIZEN_", "DATABASE_", "REDIS_"))
+    }
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "DATABASE_POOL_SIZE": "20",
+            "EXTERNAL_AGENT_ENCRYPTION_KEY": TEST_FERNET_KEY,
+            "KAIZEN_BOOTSTRAP_API_KEY": BENCH_API_KEY,
+            "KAIZEN_DATA_DIR": data_dir,
+            "EXTERNAL_AGENT_ALLOW_PRIVATE_WEBHOOKS": "true",
+            "EXTERNAL_AGENT_WEBHOOK_TIMEOUT_SECONDS": "5",
+            "EXTERNAL_AGENT_WEBHOOK_RETRY_ATTEMPTS": "1",
+            **extra,
+        }
+    )
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    return env
+
+
+def _wait_until_up(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server at {url} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server at {url} did not start in {timeout} s")
+
+
+@contextmanager
+def _process(command: list[str], *, env: dict[str, str], ready_url: str, log: Path) -> Iterator[subprocess.Popen]:
+    with log.open("w") as output:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            _wait_until_up(ready_url, process)
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextmanager
+def app_server(env: dict[str, str], *, log_dir: Path, workers: int = 1) -> Iterator[str]:
+    """An `external-agents serve` process (with `workers` worker processes); yields its base URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "channels.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if workers > 1:
+        command += ["--workers", str(workers)]
+    base = f"http://127.0.0.1:{port}"
+    with _process(command, env=env, ready_url=f"{base}/api/health", log=log_dir / f"app-{port}.log"):
+        yield base
+
+
+@contextmanager
+def instant_platform(*, log_dir: Path) -> Iterator[str]:
+    """A platform that answers every delivery at once; `GET /count` reports deliveries per path."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "tests.benchmarks.instant_platform:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    base = f"http://127.0.0.1:{port}"
+    with _process(command, env=dict(os.environ), ready_url=f"{base}/count", log=log_dir / f"platform-{port}.log"):
+        yield base

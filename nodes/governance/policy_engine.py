@@ -366,9 +366,7 @@ def _validate_condition(raw: object, path: str) -> dict[str, Any]:
             )
     result: dict[str, Any] = {"type": kind}
     if kind == "time_window":
-        result["business_hours"] = _validate_business_hours(
-            raw.get("business_hours"), f"{path}.business_hours"
-        )
+        result["business_hours"] = _validate_business_hours(raw.get("business_hours"), f"{path}.business_hours")
     elif kind == "cost":
         result["above_usd"] = _validate_amount(raw.get("above_usd"), f"{path}.above_usd")
     elif kind == "user":
@@ -439,9 +437,7 @@ def _validate_business_hours(value: object, path: str) -> dict[str, Any]:
         raise ValidationError(f"{path} must be an object")
     for key in value:
         if key not in _BUSINESS_HOURS_FIELDS:
-            raise ValidationError(
-                f"{path}.{key}: unknown field; expected: {', '.join(_BUSINESS_HOURS_FIELDS)}"
-            )
+            raise ValidationError(f"{path}.{key}: unknown field; expected: {', '.join(_BUSINESS_HOURS_FIELDS)}")
     result: dict[str, Any] = {}
     if "days" in value:
         days = value["days"]
@@ -449,9 +445,7 @@ def _validate_business_hours(value: object, path: str) -> dict[str, Any]:
             raise ValidationError(f"{path}.days must be a non-empty list of weekday names")
         for i, day in enumerate(days):
             if not isinstance(day, str) or day.casefold() not in WEEKDAYS:
-                raise ValidationError(
-                    f"{path}.days[{i}]: unknown day {day!r}; expected one of: {', '.join(WEEKDAYS)}"
-                )
+                raise ValidationError(f"{path}.days[{i}]: unknown day {day!r}; expected one of: {', '.join(WEEKDAYS)}")
         result["days"] = list(days)
     for key, other in (("start_time", "end_time"), ("end_time", "start_time")):
         if key in value:
@@ -543,9 +537,7 @@ def _user(condition: dict[str, Any]) -> Matcher:
 
 def _time_window(hours: dict[str, Any]) -> Matcher:
     zone = _zone(hours.get("timezone", "UTC"), "timezone")
-    days = (
-        frozenset(WEEKDAYS.index(day.casefold()) for day in hours["days"]) if "days" in hours else _ALL_DAYS
-    )
+    days = frozenset(WEEKDAYS.index(day.casefold()) for day in hours["days"]) if "days" in hours else _ALL_DAYS
     if "start_time" not in hours:
         return lambda request: request.now.astimezone(zone).weekday() in days
     start = _parse_time(hours["start_time"], "start_time")

@@ -1,0 +1,174 @@
+"""REST routes under /api/lineage: each runs a lineage workflow and turns its result into a response.
+
+Static paths (`/graph`, `/export`, `/user/{email}`) are declared before `/{invocation_id}`, which would
+otherwise take them for invocation ids. An export's workflow validates and prepares it; its rows are then
+streamed straight from the database in batches, so an export of any size holds one batch in memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from app_state import AppState
+from channels.auth import caller_with
+from nodes.lineage import DEFAULT_DEPTH, DEFAULT_PAGE_SIZE, MAX_DEPTH, MAX_PAGE, MAX_PAGE_SIZE, export_chunks
+from workflows.lineage import EXPORT_NODE, GET_NODE, GRAPH_NODE, LIST_NODE, USER_ACCESS_NODE, USER_ERASURE_NODE
+
+router = APIRouter(prefix="/api/lineage", tags=["lineage"])
+
+READ = "read:lineage"
+ERASE = "erase:lineage"
+
+
+def _state(request: Request) -> AppState:
+    return request.app.state.external_agents
+
+
+def _caller(request: Request, permission: str) -> dict[str, str]:
+    caller = caller_with(request, permission)
+    return {"api_key_id": caller.api_key_id, "organization_id": caller.organization_id}
+
+
+def _filters(
+    *,
+    external_user_email: str | None,
+    external_agent_id: str | None,
+    status: str | None,
+    external_system: str | None,
+    session_id: str | None,
+    start_date: str | None,
+    end_date: str | None,
+) -> dict[str, Any]:
+    return {
+        "external_user_email": external_user_email,
+        "external_agent_id": external_agent_id,
+        "status": status,
+        "external_system": external_system,
+        "session_id": session_id,
+        "start_date": start_date,
+        "end_date": end_date,
+    }
+
+
+DATE_HELP = "ISO 8601 with a time zone, e.g. 2025-01-31T00:00:00Z"
+
+
+@router.get("")
+async def list_lineage(
+    request: Request,
+    external_user_email: str | None = None,
+    external_agent_id: str | None = None,
+    status: str | None = Query(None, description="pending, success, failure, timeout or denied"),
+    external_system: str | None = None,
+    session_id: str | None = None,
+    start_date: str | None = Query(None, description=f"from this time, inclusive; {DATE_HELP}"),
+    end_date: str | None = Query(None, description=f"until this time, exclusive; {DATE_HELP}"),
+    page: int = Query(1, ge=1, le=MAX_PAGE),
+    limit: int = Query(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE),
+) -> JSONResponse:
+    caller = _caller(request, READ)
+    state = _state(request)
+    filters = _filters(
+        external_user_email=external_user_email,
+        external_agent_id=external_agent_id,
+        status=status,
+        external_system=external_system,
+        session_id=session_id,
+        start_date=start_date,
+        end_date=end_date,
+    )
+    inputs = {"caller": caller, "filters": filters, "page": page, "limit": limit}
+    results = await state.runner.run(state.lineage.list, {LIST_NODE: inputs})
+    return JSONResponse(results[LIST_NODE]["page_of_lineage"])
+
+
+@router.get("/graph")
+async def lineage_graph(
+    request: Request,
+    session_id: str | None = None,
+    trace_id: str | None = None,
+    invocation_id: str | None = None,
+    workflow_id: str | None = None,
+    depth: int = Query(DEFAULT_DEPTH, ge=0, le=MAX_DEPTH, description="hops from the selection"),
+) -> JSONResponse:
+    caller = _caller(request, READ)
+    state = _state(request)
+    selectors = {
+        "session_id": session_id,
+        "trace_id": trace_id,
+        "invocation_id": invocation_id,
+        "workflow_id": workflow_id,
+    }
+    results = await state.runner.run(
+        state.lineage.graph, {GRAPH_NODE: {"caller": caller, "selectors": selectors, "depth": depth}}
+    )
+    return JSONResponse(results[GRAPH_NODE]["graph"])
+
+
+@router.get("/export")
+async def export_lineage(
+    request: Request,
+    format: str = Query("json", description="json, csv or openlineage (newline-delimited RunEvents)"),
+    external_user_email: str | None = None,
+    external_agent_id: str | None = None,
+    status: str | None = None,
+    external_system: str | None = None,
+    session_id: str | None = None,
+    start_date: str | None = Query(None, description=DATE_HELP),
+    end_date: str | None = Query(None, description=DATE_HELP),
+) -> StreamingResponse:
+    caller = _caller(request, READ)
+    state = _state(request)
+    filters = _filters(
+        external_user_email=external_user_email,
+        external_agent_id=external_agent_id,
+        status=status,
+        external_system=external_system,
+        session_id=session_id,
+        start_date=start_date,
+        end_date=end_date,
+    )
+    results = await state.runner.run(
+        state.lineage.export, {EXPORT_NODE: {"caller": caller, "format": format, "filters": filters}}
+    )
+    export = results[EXPORT_NODE]["export"]
+    return StreamingResponse(
+        export_chunks(state.engine, export=export),
+        media_type=export["media_type"],
+        headers={"Content-Disposition": f'attachment; filename="{export["filename"]}"'},
+    )
+
+
+@router.get("/user/{email:path}")
+async def user_lineage(
+    request: Request,
+    email: str,
+    page: int = Query(1, ge=1, le=MAX_PAGE),
+    limit: int = Query(MAX_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE),
+) -> JSONResponse:
+    caller = _caller(request, READ)
+    state = _state(request)
+    inputs = {"caller": caller, "email": email, "page": page, "limit": limit}
+    results = await state.runner.run(state.lineage.user_access, {USER_ACCESS_NODE: inputs})
+    return JSONResponse(results[USER_ACCESS_NODE]["user_lineage"])
+
+
+@router.delete("/user/{email:path}")
+async def erase_user_lineage(request: Request, email: str) -> JSONResponse:
+    caller = _caller(request, ERASE)
+    state = _state(request)
+    results = await state.runner.run(
+        state.lineage.user_erasure, {USER_ERASURE_NODE: {"caller": caller, "email": email}}
+    )
+    return JSONResponse(results[USER_ERASURE_NODE]["erasure"])
+
+
+@router.get("/{invocation_id}")
+async def get_lineage(request: Request, invocation_id: str) -> JSONResponse:
+    caller = _caller(request, READ)
+    state = _state(request)
+    results = await state.runner.run(state.lineage.get, {GET_NODE: {"caller": caller, "invocation_id": invocation_id}})
+    return JSONResponse(results[GET_NODE]["invocation"])

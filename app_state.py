@@ -5,19 +5,32 @@ Clients are built here and handed to nodes through their config; no module creat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
+import httpx
+from kailash.workflow import Workflow
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from channels.invocations import MeteredRunner
+from channels.metrics import GatewayMetrics
 from credential_cipher import CredentialCipher
 from nodes.agents import AgentDefaults
+from nodes.governance.budget import BudgetThresholds
+from nodes.governance.policy_cache import PolicyCache
+from nodes.governance.rate_limiter import FailoverRateLimiter, InProcessRateLimiter, RateLimiter, RedisRateLimiter
+from nodes.platforms.auth import OAuth2TokenCache
 from nodes.platforms.base import DeliveryOptions
 from settings import Settings
 from stores.database import create_engine
-from workflows.agent_registry import RegistryWorkflows, build_registry_workflows
+from workflows.agent_registry import RegistryWorkflows, build_governance_status_workflow, build_registry_workflows
+from workflows.examples import build_example_workflows
+from workflows.invocation import InvocationDependencies, build_invocation_workflow
+from workflows.lineage import LineageWorkflows, build_lineage_workflows
+from workflows.policies import PolicyWorkflows, build_policy_workflows
 from workflows.runner import WorkflowRunner
 
 
@@ -29,8 +42,25 @@ class AppState:
     cipher: CredentialCipher
     runner: WorkflowRunner
     registry: RegistryWorkflows
+    lineage: LineageWorkflows
+    limiter: RateLimiter
+    policy_cache: PolicyCache
+    http_client: httpx.AsyncClient
+    invoke: Workflow
+    governance_status: Workflow
+    policies: PolicyWorkflows
+    host_workflows: dict[str, Workflow]
+    metrics: GatewayMetrics
+    background: list[asyncio.Task] = field(default_factory=list)
+
+    async def start(self) -> None:
+        self.background.append(asyncio.create_task(self.policy_cache.listen(), name="policy-cache-listener"))
 
     async def aclose(self) -> None:
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        await self.http_client.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
@@ -60,7 +90,17 @@ def redis_from(settings: Settings) -> Redis | None:
     return Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
 
 
-def build_state(settings: Settings) -> AppState:
+def limiter_from(settings: Settings, redis: Redis | None) -> RateLimiter:
+    """Redis when configured (exact across instances), with the per-instance fallback; else in-process only."""
+    if redis is None:
+        return InProcessRateLimiter()
+    return FailoverRateLimiter(
+        RedisRateLimiter(redis), InProcessRateLimiter(), fail_open=settings.external_agent_rate_limit_fail_open
+    )
+
+
+def build_state(settings: Settings, *, host_workflows: dict[str, Workflow] | None = None) -> AppState:
+    """Everything the channels share. `host_workflows`: the application's own workflows (default: examples)."""
     engine = create_engine(settings)
     cipher = cipher_from(settings)
     defaults = AgentDefaults(
@@ -77,11 +117,55 @@ def build_state(settings: Settings) -> AppState:
         allow_private_webhooks=settings.external_agent_allow_private_webhooks,
         allowed_webhook_domains=tuple(settings.external_agent_allowed_webhook_domains),
     )
+    redis = redis_from(settings)
+    limiter = limiter_from(settings, redis)
+    policy_cache = PolicyCache(engine, redis=redis)
+    # Redirects are never followed: a webhook URL is checked before delivery, a redirect target would not be.
+    http_client = httpx.AsyncClient(
+        follow_redirects=False,
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+    )
+    thresholds = BudgetThresholds(
+        warning=settings.external_agent_budget_warning_threshold,
+        degradation=settings.external_agent_budget_degradation_threshold,
+    )
+    invoke = build_invocation_workflow(
+        InvocationDependencies(
+            engine=engine,
+            policy_cache=policy_cache,
+            resolution=settings.external_agent_policy_conflict_resolution,
+            fail_mode=settings.external_agent_policy_fail_mode,
+            limiter=limiter,
+            thresholds=thresholds,
+            cipher=cipher,
+            client=http_client,
+            options=options,
+            token_cache=OAuth2TokenCache(),
+            alert_channel_name=settings.external_agent_alert_channel_name,
+        )
+    )
+    runner = WorkflowRunner()
+    metrics = GatewayMetrics(redis_configured=redis is not None)
+    if host_workflows is None:
+        # Invocations started inside host workflows are counted in the metrics like the channels' own.
+        metered = MeteredRunner(runner, invoke_workflow=invoke, metrics=metrics)
+        host_workflows = build_example_workflows(runner=metered, invoke_workflow=invoke)
     return AppState(
         settings=settings,
         engine=engine,
-        redis=redis_from(settings),
+        redis=redis,
         cipher=cipher,
-        runner=WorkflowRunner(),
+        runner=runner,
         registry=build_registry_workflows(engine=engine, cipher=cipher, defaults=defaults, options=options),
+        lineage=build_lineage_workflows(engine=engine),
+        limiter=limiter,
+        policy_cache=policy_cache,
+        http_client=http_client,
+        invoke=invoke,
+        governance_status=build_governance_status_workflow(
+            engine=engine, limiter=limiter, policy_cache=policy_cache, thresholds=thresholds
+        ),
+        policies=build_policy_workflows(engine=engine, policy_cache=policy_cache),
+        host_workflows=host_workflows,
+        metrics=metrics,
     )

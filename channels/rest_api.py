@@ -10,10 +10,12 @@ from starlette.responses import JSONResponse, Response
 
 from channels.error_responses import request_id_of
 from channels.invocation_responses import invocation_response
+from channels.invocations import run_invocation
 from channels.route_support import caller_input, json_body_schema, read_json_body, state_of
 from nodes.invocation import CONTEXT_HEADER, OPTIONAL_IDENTITY, REQUIRED_IDENTITY
 from request_models import AgentCreate, AgentUpdate, InvocationBody
 from stores.database import ping
+from workflows.lineage import LIST_NODE
 
 router = APIRouter(prefix="/api")
 
@@ -113,13 +115,38 @@ async def delete_agent(request: Request, agent_id: str) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/external-agents/{agent_id}/invoke", openapi_extra=json_body_schema(InvocationBody))
+@router.post("/external-agents/{agent_id}/invoke", openapi_extra=json_body_schema(InvocationBody, required=False))
 async def invoke_agent(request: Request, agent_id: str) -> JSONResponse:
     caller = caller_input(request, "invoke:external_agent")
     state = state_of(request)
-    body = await read_json_body(request)
+    # A missing body is refused after the policy check (nodes/invocation.py), so a denying policy answers 403.
+    body = await read_json_body(request, required=False)
     identity: dict[str, Any] = {field: request.headers.get(header) for field, header in IDENTITY_HEADERS}
     identity["external_context"] = request.headers.get(CONTEXT_HEADER)
-    inputs = {"caller": caller, "agent_id": agent_id, "identity": identity, "body": body}
-    results = await state.runner.run(state.invoke, {"prepare": inputs})
-    return invocation_response(results["record"]["outcome"], request_id=request_id_of(request))
+    outcome = await run_invocation(state, caller=caller, agent_id=agent_id, identity=identity, body=body)
+    return invocation_response(outcome, request_id=request_id_of(request))
+
+
+@router.get("/external-agents/{agent_id}/invocations")
+async def list_agent_invocations(
+    request: Request,
+    agent_id: str,
+    page: int = Query(1, ge=1, le=1_000_000),
+    limit: int = Query(20, ge=1, le=100),
+    status: str | None = Query(None, max_length=50),
+    start_date: str | None = Query(None, max_length=64),
+    end_date: str | None = Query(None, max_length=64),
+) -> JSONResponse:
+    caller = caller_input(request, "read:external_agent")
+    state = state_of(request)
+    # Another organisation's agent is a 404, not an empty page.
+    await state.runner.run(state.registry.get, {"get_agent": {"caller": caller, "agent_id": agent_id}})
+    filters = {"external_agent_id": agent_id, "status": status, "start_date": start_date, "end_date": end_date}
+    inputs = {
+        "caller": caller,
+        "filters": {k: v for k, v in filters.items() if v is not None},
+        "page": page,
+        "limit": limit,
+    }
+    results = await state.runner.run(state.lineage.list, {LIST_NODE: inputs})
+    return JSONResponse(results[LIST_NODE]["page_of_lineage"])

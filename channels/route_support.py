@@ -23,10 +23,10 @@ def caller_input(request: Request, permission: str) -> dict[str, str]:
     return {"api_key_id": caller.api_key_id, "organization_id": caller.organization_id}
 
 
-def json_body_schema(model: type[BaseModel] | dict[str, Any]) -> dict[str, Any]:
+def json_body_schema(model: type[BaseModel] | dict[str, Any], *, required: bool = True) -> dict[str, Any]:
     """OpenAPI for a JSON body that the route reads itself (so values are not coerced before validation)."""
     schema = model if isinstance(model, dict) else model.model_json_schema()
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    return {"requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}}
 
 
 async def read_json_body(request: Request, *, required: bool = True) -> Any:

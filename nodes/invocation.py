@@ -1,4 +1,9 @@
-"""The first nodes of an invocation: validate the request and load the agent.
+"""The first nodes of an invocation: take the request, load the agent, and (after the policy) require it complete.
+
+The policy is evaluated before a request is required to be complete, so that a policy denies a request that
+lacks identity headers or a body (403, as the migration guide's ABAC check expects) instead of a 400; a request
+the policy allows still gets the 400 naming what is missing, before any rate-limit hit or spend. Values that
+are present are validated at once.
 
 An invocation travels through the workflow as one JSON dict. Once a node records a `denial`, every later
 node passes the dict on untouched, so nothing after a denial runs (no delivery, no spend, no rate-limit hit
@@ -41,19 +46,18 @@ def denied(invocation: dict[str, Any]) -> bool:
 
 
 def _identity(raw: dict[str, Any]) -> dict[str, Any]:
+    """The identity fields that were sent, validated; a missing one is None (required later, after the policy)."""
     identity: dict[str, Any] = {}
     for field, header in (*REQUIRED_IDENTITY, *OPTIONAL_IDENTITY):
         text = raw.get(field)
-        required = (field, header) in REQUIRED_IDENTITY
         if text is None or (isinstance(text, str) and not text.strip()):
-            if required:
-                raise ValidationError(f"Missing required header {header}")
             identity[field] = None
             continue
         if not isinstance(text, str) or len(text) > MAX_IDENTITY_LENGTH or "\x00" in text:
             raise ValidationError(f"{header} must be text of at most {MAX_IDENTITY_LENGTH} characters")
         identity[field] = text
-    if "@" not in identity["external_user_email"]:
+    email = identity["external_user_email"]
+    if email is not None and "@" not in email:
         raise ValidationError("X-External-User-Email must be an email address")
     context = raw.get("external_context")
     if context is None or context == "":
@@ -73,7 +77,8 @@ def _identity(raw: dict[str, Any]) -> dict[str, Any]:
 def prepare_invocation(
     *, caller: dict[str, Any], agent_id: str, identity: dict[str, Any], body: Any, workflow_id: str | None = None
 ) -> dict[str, Any]:
-    request = parse(InvocationBody, body)
+    # No body at all is required later, like a missing header; a body that is present must be well formed.
+    request = parse(InvocationBody, body) if body is not None else InvocationBody(input=None)
     reject_nul(body)
     who = _identity(identity)
     return {
@@ -89,9 +94,19 @@ def prepare_invocation(
         "workflow_id": workflow_id,
         "request_timestamp": datetime.now(UTC).isoformat(),
         "started": time.perf_counter(),
+        "body_received": body is not None,
         "denial": None,
         "audit_events": [],
     }
+
+
+def require_complete(invocation: dict[str, Any]) -> None:
+    """400 naming the first required header (or the body) the request lacks."""
+    for field, header in REQUIRED_IDENTITY:
+        if invocation["identity"][field] is None:
+            raise ValidationError(f"Missing required header {header}")
+    if not invocation["body_received"]:
+        raise ValidationError('Request body is required (JSON): {"input": ...}')
 
 
 def agent_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +151,20 @@ class PrepareInvocationNode(ExternalAgentNode):
                 workflow_id=kw.get("workflow_id"),
             )
         }
+
+
+@register_node()
+class ValidateInvocationNode(ExternalAgentNode):
+    """After the policy: a request it did not deny must carry the required identity headers and a body."""
+
+    def get_parameters(self) -> dict[str, Any]:
+        return {"invocation": value("invocation", "the invocation so far")}
+
+    async def async_run(self, **kw: Any) -> dict[str, Any]:
+        invocation = kw["invocation"]
+        if not denied(invocation):
+            require_complete(invocation)
+        return {"invocation": invocation}
 
 
 @register_node()

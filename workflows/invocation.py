@@ -1,4 +1,4 @@
-"""The invocation workflow: load agent -> policy -> rate limit -> budget -> deliver -> alerts -> record.
+"""The invocation workflow: load agent -> policy -> validate -> rate limit -> budget -> deliver -> alerts -> record.
 
 Built once at start-up; every channel (REST, MCP, CLI, a workflow node) runs this same graph.
 """
@@ -25,6 +25,7 @@ STEPS = (
     ("PrepareInvocationNode", "prepare"),
     ("LoadInvocationAgentNode", "load_agent"),
     ("PolicyCheckNode", "policy"),
+    ("ValidateInvocationNode", "validate"),
     ("RateLimitNode", "rate_limit"),
     ("BudgetReserveNode", "budget"),
     ("DeliverInvocationNode", "deliver"),
@@ -53,6 +54,7 @@ def build_invocation_workflow(deps: InvocationDependencies) -> Workflow:
         "prepare": {},
         "load_agent": {"engine": deps.engine},
         "policy": {"policy_cache": deps.policy_cache, "resolution": deps.resolution, "fail_mode": deps.fail_mode},
+        "validate": {},
         "rate_limit": {"limiter": deps.limiter},
         "budget": {"engine": deps.engine, "thresholds": deps.thresholds},
         "deliver": {

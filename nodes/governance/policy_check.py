@@ -15,13 +15,14 @@ from nodes.invocation import denied
 
 def policy_request(invocation: dict[str, Any]) -> PolicyRequest:
     identity, agent = invocation["identity"], invocation["agent"]
+    # A header the request lacks is an empty attribute here: no condition on it matches.
     return PolicyRequest(
         agent_id=agent["id"],
         platform=agent["platform"],
-        external_user_id=identity["external_user_id"],
-        external_user_email=identity["external_user_email"],
-        external_system=identity["external_system"],
-        external_session_id=identity["external_session_id"],
+        external_user_id=identity["external_user_id"] or "",
+        external_user_email=identity["external_user_email"] or "",
+        external_system=identity["external_system"] or "",
+        external_session_id=identity["external_session_id"] or "",
         context=invocation["context"],
         estimated_cost_usd=Decimal(str(agent["cost_per_execution"] or 0)),
         now=datetime.now(UTC),

@@ -770,6 +770,8 @@ async def test_errors_and_logs_never_contain_credentials(
     platform_server: PlatformServer, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    # The app quiets httpx to WARNING (nexus_app.configure_logging); this test needs its request lines.
+    caplog.set_level(logging.DEBUG, logger="httpx")
     path = f"/tg/bot{BOT_TOKEN}/sendMessage"
     echo = f"bad request to /bot{BOT_TOKEN}/sendMessage with token={BOT_TOKEN} and Bearer {BOT_TOKEN}"
     platform_server.script(path, ScriptedResponse(status=400, body=echo))

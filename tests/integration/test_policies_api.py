@@ -136,3 +136,29 @@ async def test_context_attributes_reach_policies(client, org, platform_server):
         )
     ).status_code == 200
     assert IDENTITY["X-External-System"] == "test"
+
+
+async def test_the_guides_abac_check_gets_403_even_without_identity_or_body(client, org, gateway, platform_server):
+    """The migration guide invokes with only the Authorization header and expects 403 when a policy denies."""
+    agent = await register(client, org, platform_server)
+    deny_all = {"name": "Deny everything", "effect": "deny", "external_agent_id": agent["id"]}
+    assert (await client.post("/api/policies", json=deny_all, headers=org.headers)).status_code == 201
+    response = await client.post(f"/api/external-agents/{agent['id']}/invoke", headers=org.headers)
+    assert response.status_code == 403, response.text
+    assert response.json()["error_code"] == "FORBIDDEN"
+    assert platform_server.requests("/hook") == []
+    [row] = await rows(
+        gateway,
+        "SELECT status, external_user_email FROM invocation_lineage WHERE id = :id",
+        id=response.json()["invocation_id"],
+    )
+    assert row == {"status": "denied", "external_user_email": None}
+
+
+async def test_an_allowed_request_without_body_is_400_and_counts_nothing(client, org, platform_server):
+    agent = await register(client, org, platform_server)
+    response = await client.post(f"/api/external-agents/{agent['id']}/invoke", headers={**org.headers, **IDENTITY})
+    assert response.status_code == 400 and "body is required" in response.json()["detail"]
+    status = (await client.get(f"/api/external-agents/{agent['id']}/governance-status", headers=org.headers)).json()
+    assert status["rate_limit"]["current_usage"]["minute"] == 0
+    assert platform_server.requests("/hook") == []

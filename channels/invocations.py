@@ -1,0 +1,286 @@
+"""The gateway's operations run in-process, as the REST routes run them, for the channels that are not HTTP routes.
+
+`run_invocation` is the one path every invocation takes, whichever channel sent it (the REST route, an MCP tool,
+the command line, or an `InvokeExternalAgentNode` inside a host workflow, through `MeteredRunner`): it runs the
+invocation workflow and records the outcome's metrics. `LocalGateway` gives MCP and the command line each
+REST operation as a method: the same workflow, the same inputs, the same permission check, and the same JSON
+the REST route answers; a refusal is a `GatewayError` carrying the status code and body REST would send.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from kailash.workflow import Workflow
+
+from channels.error_responses import error_body
+from channels.invocation_responses import invocation_response
+from channels.remote_client import GatewayError
+from errors import ExternalAgentsError, ForbiddenError, NotFoundError, ValidationError
+from stores.api_keys import Caller
+from workflows.lineage import GET_NODE, GRAPH_NODE, LIST_NODE, USER_ACCESS_NODE, USER_ERASURE_NODE
+from workflows.runner import WorkflowFailedError, WorkflowRunner
+
+if TYPE_CHECKING:
+    from app_state import AppState
+    from channels.metrics import GatewayMetrics
+
+logger = logging.getLogger(__name__)
+
+LINEAGE_FILTERS = (
+    "external_user_email",
+    "external_agent_id",
+    "status",
+    "external_system",
+    "session_id",
+    "start_date",
+    "end_date",
+)
+GRAPH_SELECTORS = ("session_id", "trace_id", "invocation_id", "workflow_id")
+
+
+async def _run_and_record(
+    runner: WorkflowRunner, *, workflow: Workflow, metrics: GatewayMetrics, prepare: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    results = await runner.run(workflow, {"prepare": prepare})
+    metrics.record_invocation(results["record"]["outcome"], agent_id=prepare["agent_id"])
+    return results
+
+
+async def run_invocation(
+    state: AppState,
+    *,
+    caller: dict[str, Any],
+    agent_id: str,
+    identity: dict[str, Any],
+    body: Any,
+    workflow_id: str | None = None,
+) -> dict[str, Any]:
+    """Run the invocation workflow and record its metrics; returns the outcome (see invocation_responses).
+
+    `caller` is `{api_key_id, organization_id}`; `identity` the external identity by field name.
+    """
+    prepare: dict[str, Any] = {"caller": caller, "agent_id": agent_id, "identity": identity, "body": body}
+    if workflow_id is not None:
+        prepare["workflow_id"] = workflow_id
+    results = await _run_and_record(state.runner, workflow=state.invoke, metrics=state.metrics, prepare=prepare)
+    return results["record"]["outcome"]
+
+
+class MeteredRunner:
+    """The runner handed to `InvokeExternalAgentNode`s of host workflows: invocations they start are counted in
+    the metrics exactly like the channels' own; every other workflow runs unchanged."""
+
+    def __init__(self, runner: WorkflowRunner, *, invoke_workflow: Workflow, metrics: GatewayMetrics) -> None:
+        self.runner = runner
+        self.invoke_workflow = invoke_workflow
+        self.metrics = metrics
+
+    async def run(self, workflow: Workflow, inputs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if workflow is not self.invoke_workflow:
+            return await self.runner.run(workflow, inputs)
+        return await _run_and_record(self.runner, workflow=workflow, metrics=self.metrics, prepare=inputs["prepare"])
+
+
+# Recorded where a key's id would be (created_by, lineage, audit) for an operator acting without a key.
+OPERATOR_ACTOR = "cli-operator"
+
+
+def workflow_caller(caller: Caller) -> dict[str, Any]:
+    """The caller as workflows take it."""
+    return {"api_key_id": caller.api_key_id, "organization_id": caller.organization_id}
+
+
+def operator_caller(organization_id: str) -> Caller:
+    """An administrator of `organization_id` without an API key: the command line's operator with database access."""
+    return Caller(api_key_id=OPERATOR_ACTOR, organization_id=organization_id, permissions=frozenset({"admin"}))
+
+
+class LocalGateway:
+    """Every REST operation, in-process, for one authenticated caller (see the module docstring)."""
+
+    def __init__(self, state: AppState, caller: Caller, *, request_id: str | None = None) -> None:
+        self.state = state
+        self.caller = caller
+        self.request_id = request_id or uuid.uuid4().hex
+
+    def _error(self, exc: ExternalAgentsError) -> GatewayError:
+        body = error_body(
+            exc.status_code, exc.detail, request_id=self.request_id, error_code=exc.error_code, **exc.extra
+        )
+        return GatewayError(exc.status_code, body)
+
+    def _caller(self, permission: str) -> dict[str, Any]:
+        if not self.caller.can(permission):
+            raise self._error(ForbiddenError(f"This API key lacks the '{permission}' permission"))
+        return workflow_caller(self.caller)
+
+    async def _run(self, workflow: Workflow, inputs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        try:
+            return await self.state.runner.run(workflow, inputs)
+        except ExternalAgentsError as exc:
+            raise self._error(exc) from None
+        except WorkflowFailedError as exc:
+            logger.error("operation.failed request_id=%s workflow=%s", self.request_id, workflow.name)
+            raise self._error(ExternalAgentsError("Internal server error")) from exc
+
+    # Agents (permissions as in channels/rest_api.py)
+
+    async def list_agents(
+        self, *, page: int = 1, limit: int = 20, platform: str | None = None, search: str | None = None
+    ) -> dict[str, Any]:
+        caller = self._caller("read:external_agent")
+        inputs = {"caller": caller, "page": page, "limit": limit, "platform": platform, "search": search}
+        results = await self._run(self.state.registry.list, {"list_agents": inputs})
+        return results["list_agents"]["page_of_agents"]
+
+    async def get_agent(self, agent_id: str) -> dict[str, Any]:
+        caller = self._caller("read:external_agent")
+        results = await self._run(self.state.registry.get, {"get_agent": {"caller": caller, "agent_id": agent_id}})
+        return results["governance"]["agent"]
+
+    async def create_agent(self, body: dict[str, Any]) -> dict[str, Any]:
+        caller = self._caller("create:external_agent")
+        results = await self._run(self.state.registry.create, {"create_agent": {"caller": caller, "body": body}})
+        return results["create_agent"]["agent"]
+
+    async def update_agent(self, agent_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        caller = self._caller("update:external_agent")
+        inputs = {"caller": caller, "agent_id": agent_id, "body": body}
+        results = await self._run(self.state.registry.update, {"update_agent": inputs})
+        return results["update_agent"]["agent"]
+
+    async def delete_agent(self, agent_id: str) -> None:
+        caller = self._caller("delete:external_agent")
+        await self._run(self.state.registry.delete, {"delete_agent": {"caller": caller, "agent_id": agent_id}})
+
+    async def governance_status(self, agent_id: str) -> dict[str, Any]:
+        caller = self._caller("read:external_agent")
+        inputs = {"get_agent": {"caller": caller, "agent_id": agent_id}}
+        results = await self._run(self.state.governance_status, inputs)
+        return results["status"]["governance_status"]
+
+    async def list_invocations(
+        self,
+        agent_id: str,
+        *,
+        page: int = 1,
+        limit: int = 20,
+        status: str | None = None,
+        start_date: str | None = None,
+        end_date: str | None = None,
+    ) -> dict[str, Any]:
+        caller = self._caller("read:external_agent")
+        # Another organisation's agent is a 404, not an empty page.
+        await self._run(self.state.registry.get, {"get_agent": {"caller": caller, "agent_id": agent_id}})
+        filters = {"external_agent_id": agent_id, "status": status, "start_date": start_date, "end_date": end_date}
+        inputs = {
+            "caller": caller,
+            "filters": {k: v for k, v in filters.items() if v is not None},
+            "page": page,
+            "limit": limit,
+        }
+        results = await self._run(self.state.lineage.list, {LIST_NODE: inputs})
+        return results[LIST_NODE]["page_of_lineage"]
+
+    async def invoke(self, agent_id: str, *, identity: dict[str, Any], body: Any) -> dict[str, Any]:
+        """The REST 200 body; a denial or failed delivery raises GatewayError with REST's status and body."""
+        caller = self._caller("invoke:external_agent")
+        try:
+            outcome = await run_invocation(self.state, caller=caller, agent_id=agent_id, identity=identity, body=body)
+        except ExternalAgentsError as exc:
+            raise self._error(exc) from None
+        # The REST mapping itself, so status, detail and denial fields cannot drift apart between channels.
+        response = invocation_response(outcome, request_id=self.request_id)
+        answer = json.loads(response.body)
+        if response.status_code != 200:
+            raise GatewayError(response.status_code, answer)
+        return answer
+
+    # Policies (permission manage:policy, as in channels/policies_api.py)
+
+    async def _policy(self, operation: str, node_inputs: dict[str, Any]) -> dict[str, Any]:
+        caller = self._caller("manage:policy")
+        workflow = getattr(self.state.policies, operation)
+        results = await self._run(workflow, {"policy": {"caller": caller, **node_inputs}})
+        return results["policy"]
+
+    async def create_policy(self, body: dict[str, Any]) -> dict[str, Any]:
+        return (await self._policy("create", {"body": body}))["policy"]
+
+    async def list_policies(self, *, external_agent_id: str | None = None) -> Any:
+        return (await self._policy("list", {"external_agent_id": external_agent_id}))["policies"]
+
+    async def get_policy(self, policy_id: str) -> dict[str, Any]:
+        return (await self._policy("get", {"policy_id": policy_id}))["policy"]
+
+    async def update_policy(self, policy_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return (await self._policy("update", {"policy_id": policy_id, "body": body}))["policy"]
+
+    async def delete_policy(self, policy_id: str) -> None:
+        await self._policy("delete", {"policy_id": policy_id})
+
+    # Lineage (permissions as in channels/lineage_api.py)
+
+    async def list_lineage(self, *, filters: dict[str, str | None], page: int = 1, limit: int = 20) -> dict[str, Any]:
+        caller = self._caller("read:lineage")
+        inputs = {
+            "caller": caller,
+            "filters": {k: filters.get(k) for k in LINEAGE_FILTERS},
+            "page": page,
+            "limit": limit,
+        }
+        results = await self._run(self.state.lineage.list, {LIST_NODE: inputs})
+        return results[LIST_NODE]["page_of_lineage"]
+
+    async def get_invocation(self, invocation_id: str) -> dict[str, Any]:
+        caller = self._caller("read:lineage")
+        inputs = {"caller": caller, "invocation_id": invocation_id}
+        results = await self._run(self.state.lineage.get, {GET_NODE: inputs})
+        return results[GET_NODE]["invocation"]
+
+    async def lineage_graph(self, *, selectors: dict[str, str | None], depth: int) -> dict[str, Any]:
+        caller = self._caller("read:lineage")
+        inputs = {"caller": caller, "selectors": {k: selectors.get(k) for k in GRAPH_SELECTORS}, "depth": depth}
+        results = await self._run(self.state.lineage.graph, {GRAPH_NODE: inputs})
+        return results[GRAPH_NODE]["graph"]
+
+    async def user_lineage(self, email: str, *, page: int = 1, limit: int = 100) -> dict[str, Any]:
+        caller = self._caller("read:lineage")
+        inputs = {"caller": caller, "email": email, "page": page, "limit": limit}
+        results = await self._run(self.state.lineage.user_access, {USER_ACCESS_NODE: inputs})
+        return results[USER_ACCESS_NODE]["user_lineage"]
+
+    async def erase_user_lineage(self, email: str) -> dict[str, Any]:
+        caller = self._caller("erase:lineage")
+        results = await self._run(
+            self.state.lineage.user_erasure, {USER_ERASURE_NODE: {"caller": caller, "email": email}}
+        )
+        return results[USER_ERASURE_NODE]["erasure"]
+
+    # The host application's workflows (as in channels/workflows_api.py)
+
+    async def list_workflows(self) -> dict[str, Any]:
+        self._caller("read:external_agent")
+        workflows = self.state.host_workflows
+        return {"items": [{"workflow_id": name, "nodes": list(wf.nodes)} for name, wf in workflows.items()]}
+
+    async def execute_workflow(self, workflow_id: str, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+        caller = self._caller("invoke:external_agent")
+        workflow = self.state.host_workflows.get(workflow_id)
+        if workflow is None:
+            raise self._error(NotFoundError(f"Workflow '{workflow_id}' not found"))
+        node_inputs: dict[str, dict[str, Any]] = dict(inputs or {})
+        if not all(isinstance(v, dict) for v in node_inputs.values()):
+            raise self._error(ValidationError("inputs must be an object mapping node ids to objects of parameters"))
+        unknown = sorted(set(node_inputs) - set(workflow.nodes))
+        if unknown:
+            raise self._error(ValidationError(f"inputs.{unknown[0]}: no such node in workflow '{workflow_id}'"))
+        for node_id, node in workflow.nodes.items():
+            if node.node_type == "InvokeExternalAgentNode":
+                node_inputs[node_id] = {**node_inputs.get(node_id, {}), "caller": caller, "workflow_id": workflow_id}
+        results = await self._run(workflow, node_inputs)
+        return {"workflow_id": workflow_id, "status": "completed", "outputs": results}

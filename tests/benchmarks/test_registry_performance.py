@@ -83,13 +83,10 @@ async def test_create_get_and_list_through_the_api(tmp_path, capsys):
         await connection.close()
     with capsys.disabled():
         print(f"\n    agent registry on PostgreSQL, {REQUESTS} requests each (one app process, sequential):")
-        print(
-            f"    POST /api/external-agents      {summary(api['create'])}   bare asyncpg INSERT  {summary(bare['insert'])}"
-        )
-        print(
-            f"    GET  /api/external-agents/{{id}} {summary(api['get'])}   bare asyncpg SELECT  {summary(bare['select'])}"
-        )
-        print(
-            f"    GET  /api/external-agents      {summary(api['list'])}   bare asyncpg page    {summary(bare['list'])}"
-        )
+        for label, ours, baseline, theirs in (
+            ("POST /api/external-agents     ", "create", "INSERT", "insert"),
+            ("GET  /api/external-agents/{id}", "get", "SELECT", "select"),
+            ("GET  /api/external-agents     ", "list", "page  ", "list"),
+        ):
+            print(f"    {label} {summary(api[ours])}   bare asyncpg {baseline} {summary(bare[theirs])}")
     assert statistics.median(api["get"]) < 50

@@ -183,9 +183,7 @@ CONDITION_CASES = [
     [case[1:] for case in CONDITION_CASES],
     ids=[case[0] for case in CONDITION_CASES],
 )
-def test_condition_matching(
-    condition: dict[str, Any], request_overrides: dict[str, Any], expected: bool
-) -> None:
+def test_condition_matching(condition: dict[str, Any], request_overrides: dict[str, Any], expected: bool) -> None:
     assert matches(condition, **request_overrides) is expected
 
 
@@ -338,14 +336,10 @@ class TestDefaultRule:
             make_policy("p1", conditions=[DEV]),
             make_policy("p2", conditions=[{"type": "cost", "above_usd": 5}]),
         ]
-        assert decide(policies, resolution=resolution) == PolicyDecision(
-            True, "no policy matched", None, (), 2
-        )
+        assert decide(policies, resolution=resolution) == PolicyDecision(True, "no policy matched", None, (), 2)
 
     def test_unmatched_agent_allow_denies(self, resolution: ConflictResolution) -> None:
-        decision = decide(
-            [make_policy("p1", effect="allow", agent="agent-a", conditions=[DEV])], resolution=resolution
-        )
+        decision = decide([make_policy("p1", effect="allow", agent="agent-a", conditions=[DEV])], resolution=resolution)
         assert not decision.allowed
         assert decision.reason == "no allow policy matched"
 
@@ -476,9 +470,7 @@ def test_broken_stored_condition_loads_and_reports_its_fault() -> None:
 def test_fail_closed_denies_on_a_broken_policy() -> None:
     policies = [Policy.from_row(broken_row(effect="allow")), make_policy("ok", effect="allow", priority=20)]
     decision = decide(policies, fail_mode=CLOSED)
-    assert decision == PolicyDecision(
-        False, "policy 'Broken' (broken) could not be evaluated", "broken", ("ok",), 2
-    )
+    assert decision == PolicyDecision(False, "policy 'Broken' (broken) could not be evaluated", "broken", ("ok",), 2)
 
 
 def test_fail_open_skips_a_broken_policy() -> None:

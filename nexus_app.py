@@ -209,6 +209,17 @@ def build_app(settings: Settings, *, workflows: dict[str, Any] | None = None) ->
     return app
 
 
+def ensure_migrated(settings: Settings) -> None:
+    """Refuse to serve an unmigrated PostgreSQL database; bring the embedded SQLite file, ours alone, up to date."""
+    from models.migrate import status, upgrade
+
+    if status(settings).state == "applied":
+        return
+    if not settings.is_sqlite:
+        raise SettingsError("Invalid database: it is not migrated; run `external-agents migrate` first")
+    upgrade(settings, report=lambda line: sys.stderr.write(line + "\n"))
+
+
 def app_from_environment() -> Any:
     """The ASGI app built from the environment: what each `serve --workers N` worker process runs."""
     return build_app(load_settings()).fastapi_app
@@ -221,6 +232,7 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, settin
     import uvicorn
 
     settings = settings or load_settings()
+    ensure_migrated(settings)
     if workers > 1 and not settings.redis_url:
         raise SettingsError(
             "Invalid --workers: more than one worker needs REDIS_URL, so that rate limits are shared by the workers"
@@ -233,6 +245,7 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, settin
             f"It is shown only now:\n{new_key}\n"
         )
         sys.stderr.flush()
+    sys.stderr.write(f"Serving External Agents on http://{host}:{port}\n")
     options: dict[str, Any] = {"host": host, "port": port, "log_level": "warning", "access_log": False}
     if workers > 1:
         uvicorn.run("nexus_app:app_from_environment", factory=True, workers=workers, **options)

@@ -296,18 +296,9 @@ def serve(
 ) -> None:
     """Run the REST API with the MCP server at /mcp and Prometheus metrics at /metrics."""
     settings = settings_or_exit(embedded_key=True)
-    from models.migrate import status, upgrade
-
-    state = status(settings).state
-    if state != "applied":
-        if not settings.is_sqlite:
-            fail("the database is not migrated: run `external-agents migrate` first", EXIT_CONFIG)
-        # The embedded SQLite file is ours alone, so it is brought up to date without being asked.
-        upgrade(settings, report=lambda line: console.print(line, highlight=False))
     from nexus_app import serve as serve_app
     from settings import SettingsError
 
-    console.print(f"Serving External Agents on http://{host}:{port}", highlight=False)
     try:
         serve_app(host=host, port=port, workers=workers, settings=settings)
     except SettingsError as exc:

@@ -10,26 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
-from app_state import AppState
-from channels.auth import caller_with
+from channels.route_support import answer, caller_input, gateway_for, state_of
 from nodes.lineage import DEFAULT_DEPTH, DEFAULT_PAGE_SIZE, MAX_DEPTH, MAX_PAGE, MAX_PAGE_SIZE, export_chunks
-from workflows.lineage import EXPORT_NODE, GET_NODE, GRAPH_NODE, LIST_NODE, USER_ACCESS_NODE, USER_ERASURE_NODE
+from workflows.lineage import EXPORT_NODE
 
 router = APIRouter(prefix="/api/lineage", tags=["lineage"])
 
 READ = "read:lineage"
-ERASE = "erase:lineage"
-
-
-def _state(request: Request) -> AppState:
-    return request.app.state.external_agents
-
-
-def _caller(request: Request, permission: str) -> dict[str, str]:
-    caller = caller_with(request, permission)
-    return {"api_key_id": caller.api_key_id, "organization_id": caller.organization_id}
 
 
 def _filters(
@@ -68,9 +57,7 @@ async def list_lineage(
     end_date: str | None = Query(None, description=f"until this time, exclusive; {DATE_HELP}"),
     page: int = Query(1, ge=1, le=MAX_PAGE),
     limit: int = Query(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE),
-) -> JSONResponse:
-    caller = _caller(request, READ)
-    state = _state(request)
+) -> Response:
     filters = _filters(
         external_user_email=external_user_email,
         external_agent_id=external_agent_id,
@@ -80,9 +67,7 @@ async def list_lineage(
         start_date=start_date,
         end_date=end_date,
     )
-    inputs = {"caller": caller, "filters": filters, "page": page, "limit": limit}
-    results = await state.runner.run(state.lineage.list, {LIST_NODE: inputs})
-    return JSONResponse(results[LIST_NODE]["page_of_lineage"])
+    return await answer(gateway_for(request).list_lineage(filters=filters, page=page, limit=limit))
 
 
 @router.get("/graph")
@@ -93,19 +78,14 @@ async def lineage_graph(
     invocation_id: str | None = None,
     workflow_id: str | None = None,
     depth: int = Query(DEFAULT_DEPTH, ge=0, le=MAX_DEPTH, description="hops from the selection"),
-) -> JSONResponse:
-    caller = _caller(request, READ)
-    state = _state(request)
+) -> Response:
     selectors = {
         "session_id": session_id,
         "trace_id": trace_id,
         "invocation_id": invocation_id,
         "workflow_id": workflow_id,
     }
-    results = await state.runner.run(
-        state.lineage.graph, {GRAPH_NODE: {"caller": caller, "selectors": selectors, "depth": depth}}
-    )
-    return JSONResponse(results[GRAPH_NODE]["graph"])
+    return await answer(gateway_for(request).lineage_graph(selectors=selectors, depth=depth))
 
 
 @router.get("/export")
@@ -120,8 +100,8 @@ async def export_lineage(
     start_date: str | None = Query(None, description=DATE_HELP),
     end_date: str | None = Query(None, description=DATE_HELP),
 ) -> StreamingResponse:
-    caller = _caller(request, READ)
-    state = _state(request)
+    caller = caller_input(request, READ)
+    state = state_of(request)
     filters = _filters(
         external_user_email=external_user_email,
         external_agent_id=external_agent_id,
@@ -148,27 +128,15 @@ async def user_lineage(
     email: str,
     page: int = Query(1, ge=1, le=MAX_PAGE),
     limit: int = Query(MAX_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE),
-) -> JSONResponse:
-    caller = _caller(request, READ)
-    state = _state(request)
-    inputs = {"caller": caller, "email": email, "page": page, "limit": limit}
-    results = await state.runner.run(state.lineage.user_access, {USER_ACCESS_NODE: inputs})
-    return JSONResponse(results[USER_ACCESS_NODE]["user_lineage"])
+) -> Response:
+    return await answer(gateway_for(request).user_lineage(email, page=page, limit=limit))
 
 
 @router.delete("/user/{email:path}")
-async def erase_user_lineage(request: Request, email: str) -> JSONResponse:
-    caller = _caller(request, ERASE)
-    state = _state(request)
-    results = await state.runner.run(
-        state.lineage.user_erasure, {USER_ERASURE_NODE: {"caller": caller, "email": email}}
-    )
-    return JSONResponse(results[USER_ERASURE_NODE]["erasure"])
+async def erase_user_lineage(request: Request, email: str) -> Response:
+    return await answer(gateway_for(request).erase_user_lineage(email))
 
 
 @router.get("/{invocation_id}")
-async def get_lineage(request: Request, invocation_id: str) -> JSONResponse:
-    caller = _caller(request, READ)
-    state = _state(request)
-    results = await state.runner.run(state.lineage.get, {GET_NODE: {"caller": caller, "invocation_id": invocation_id}})
-    return JSONResponse(results[GET_NODE]["invocation"])
+async def get_lineage(request: Request, invocation_id: str) -> Response:
+    return await answer(gateway_for(request).get_invocation(invocation_id))

@@ -11,11 +11,10 @@ from starlette.responses import JSONResponse, Response
 from channels.error_responses import request_id_of
 from channels.invocation_responses import invocation_response
 from channels.invocations import run_invocation
-from channels.route_support import caller_input, json_body_schema, read_json_body, state_of
+from channels.route_support import answer, caller_input, gateway_for, json_body_schema, read_json_body, state_of
 from nodes.invocation import CONTEXT_HEADER, OPTIONAL_IDENTITY, REQUIRED_IDENTITY
 from request_models import AgentCreate, AgentUpdate, InvocationBody
 from stores.database import ping
-from workflows.lineage import LIST_NODE
 
 router = APIRouter(prefix="/api")
 
@@ -57,12 +56,8 @@ async def get_health(request: Request) -> JSONResponse:
 
 
 @router.post("/external-agents", status_code=201, openapi_extra=json_body_schema(AgentCreate))
-async def create_agent(request: Request) -> JSONResponse:
-    caller = caller_input(request, "create:external_agent")
-    state = state_of(request)
-    body = await read_json_body(request)
-    results = await state.runner.run(state.registry.create, {"create_agent": {"caller": caller, "body": body}})
-    return JSONResponse(results["create_agent"]["agent"], status_code=201)
+async def create_agent(request: Request) -> Response:
+    return await answer(gateway_for(request).create_agent(await read_json_body(request)), status_code=201)
 
 
 @router.get("/external-agents")
@@ -72,47 +67,28 @@ async def list_agents(
     limit: int = Query(20, ge=1, le=100),
     platform: str | None = Query(None, max_length=50),
     search: str | None = Query(None, max_length=255),
-) -> JSONResponse:
-    caller = caller_input(request, "read:external_agent")
-    state = state_of(request)
-    inputs = {"caller": caller, "page": page, "limit": limit, "platform": platform, "search": search}
-    results = await state.runner.run(state.registry.list, {"list_agents": inputs})
-    return JSONResponse(results["list_agents"]["page_of_agents"])
+) -> Response:
+    return await answer(gateway_for(request).list_agents(page=page, limit=limit, platform=platform, search=search))
 
 
 @router.get("/external-agents/{agent_id}")
-async def get_agent(request: Request, agent_id: str) -> JSONResponse:
-    caller = caller_input(request, "read:external_agent")
-    state = state_of(request)
-    results = await state.runner.run(state.registry.get, {"get_agent": {"caller": caller, "agent_id": agent_id}})
-    return JSONResponse(results["governance"]["agent"])
+async def get_agent(request: Request, agent_id: str) -> Response:
+    return await answer(gateway_for(request).get_agent(agent_id))
 
 
 @router.get("/external-agents/{agent_id}/governance-status")
-async def get_governance_status(request: Request, agent_id: str) -> JSONResponse:
-    caller = caller_input(request, "read:external_agent")
-    state = state_of(request)
-    inputs = {"get_agent": {"caller": caller, "agent_id": agent_id}}
-    results = await state.runner.run(state.governance_status, inputs)
-    return JSONResponse(results["status"]["governance_status"])
+async def get_governance_status(request: Request, agent_id: str) -> Response:
+    return await answer(gateway_for(request).governance_status(agent_id))
 
 
 @router.patch("/external-agents/{agent_id}", openapi_extra=json_body_schema(AgentUpdate))
-async def update_agent(request: Request, agent_id: str) -> JSONResponse:
-    caller = caller_input(request, "update:external_agent")
-    state = state_of(request)
-    body = await read_json_body(request)
-    inputs = {"caller": caller, "agent_id": agent_id, "body": body}
-    results = await state.runner.run(state.registry.update, {"update_agent": inputs})
-    return JSONResponse(results["update_agent"]["agent"])
+async def update_agent(request: Request, agent_id: str) -> Response:
+    return await answer(gateway_for(request).update_agent(agent_id, await read_json_body(request)))
 
 
 @router.delete("/external-agents/{agent_id}", status_code=204)
 async def delete_agent(request: Request, agent_id: str) -> Response:
-    caller = caller_input(request, "delete:external_agent")
-    state = state_of(request)
-    await state.runner.run(state.registry.delete, {"delete_agent": {"caller": caller, "agent_id": agent_id}})
-    return Response(status_code=204)
+    return await answer(gateway_for(request).delete_agent(agent_id), status_code=204)
 
 
 @router.post("/external-agents/{agent_id}/invoke", openapi_extra=json_body_schema(InvocationBody, required=False))
@@ -124,6 +100,7 @@ async def invoke_agent(request: Request, agent_id: str) -> JSONResponse:
     identity: dict[str, Any] = {field: request.headers.get(header) for field, header in IDENTITY_HEADERS}
     identity["external_context"] = request.headers.get(CONTEXT_HEADER)
     outcome = await run_invocation(state, caller=caller, agent_id=agent_id, identity=identity, body=body)
+    # Unlike the other operations, the response carries the invocation's X-Kaizen-* and rate-limit headers.
     return invocation_response(outcome, request_id=request_id_of(request))
 
 
@@ -136,17 +113,8 @@ async def list_agent_invocations(
     status: str | None = Query(None, max_length=50),
     start_date: str | None = Query(None, max_length=64),
     end_date: str | None = Query(None, max_length=64),
-) -> JSONResponse:
-    caller = caller_input(request, "read:external_agent")
-    state = state_of(request)
-    # Another organisation's agent is a 404, not an empty page.
-    await state.runner.run(state.registry.get, {"get_agent": {"caller": caller, "agent_id": agent_id}})
-    filters = {"external_agent_id": agent_id, "status": status, "start_date": start_date, "end_date": end_date}
-    inputs = {
-        "caller": caller,
-        "filters": {k: v for k, v in filters.items() if v is not None},
-        "page": page,
-        "limit": limit,
-    }
-    results = await state.runner.run(state.lineage.list, {LIST_NODE: inputs})
-    return JSONResponse(results[LIST_NODE]["page_of_lineage"])
+) -> Response:
+    operation = gateway_for(request).list_invocations(
+        agent_id, page=page, limit=limit, status=status, start_date=start_date, end_date=end_date
+    )
+    return await answer(operation)

@@ -1,16 +1,23 @@
-"""What every REST router needs: the app state, the authorised caller, and a JSON body read as sent."""
+"""What every REST router needs: the app state, the authorised caller, a JSON body read as sent, and the
+in-process gateway that runs each operation exactly as MCP and the command line run it."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import Request
 from pydantic import BaseModel
+from starlette.responses import JSONResponse, Response
 
 from app_state import AppState
 from channels.auth import caller_with
+from channels.error_responses import request_id_of
+from channels.invocations import LocalGateway
+from channels.remote_client import GatewayError
 from errors import ValidationError
+from request_models import load_json
 
 
 def state_of(request: Request) -> AppState:
@@ -36,8 +43,26 @@ async def read_json_body(request: Request, *, required: bool = True) -> Any:
             raise ValidationError("Request body is required (JSON)")
         return None
     try:
-        return json.loads(raw)
+        return load_json(raw)
     except json.JSONDecodeError as exc:
         raise ValidationError(f"Malformed JSON body: {exc.msg} at position {exc.pos}") from None
     except UnicodeDecodeError:
         raise ValidationError("Malformed JSON body: not UTF-8") from None
+    except ValidationError as exc:
+        raise ValidationError(f"Malformed JSON body: {exc.detail}") from None
+
+
+def gateway_for(request: Request) -> LocalGateway:
+    """The operations as the authenticated caller of this request (permissions are checked per operation)."""
+    return LocalGateway(state_of(request), request.state.caller, request_id=request_id_of(request))
+
+
+async def answer(operation: Awaitable[Any], *, status_code: int = 200) -> Response:
+    """The operation's JSON, or the error body and status it was refused with (one mapping for every channel)."""
+    try:
+        result = await operation
+    except GatewayError as exc:
+        return JSONResponse(exc.body, status_code=exc.status_code, headers={"X-Request-ID": exc.body["request_id"]})
+    if result is None:
+        return Response(status_code=status_code)
+    return JSONResponse(result, status_code=status_code)

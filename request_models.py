@@ -5,6 +5,8 @@ Validated here once, so a bad value gets the same 400 and the same message which
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -77,18 +79,68 @@ def parse(model: type[ModelT], data: Any) -> ModelT:
         raise ValidationError(describe_validation_error(exc)) from None
 
 
-def reject_nul(value: Any, path: str = "body") -> None:
-    """PostgreSQL cannot store U+0000 in text or jsonb; refuse it up front rather than fail on write."""
+MAX_JSON_DEPTH = 64
+
+
+def _no_constant(name: str) -> Any:
+    raise ValidationError(f"{name} is not valid JSON (numbers must be finite)")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise ValidationError(f"the number {text[:40]} is out of range (numbers must be finite)")
+    return number
+
+
+def _depth(value: Any) -> int:
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            break
+        level = [
+            item
+            for container in level
+            if isinstance(container, dict | list)
+            for item in (container.values() if isinstance(container, dict) else container)
+        ]
+    return depth
+
+
+def load_json(text: str | bytes) -> Any:
+    """Strict JSON: no NaN or Infinity (PostgreSQL's jsonb and other JSON readers refuse them), integers of at most
+    4,300 digits, nesting at most MAX_JSON_DEPTH deep. Raises ValidationError (or json.JSONDecodeError)."""
+    try:
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValidationError(f"JSON nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # Python's limit on the digits of an integer
+        raise ValidationError("a JSON number has more than 4300 digits") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ValidationError(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def reject_unstorable(value: Any, path: str = "body") -> None:
+    """Text a database cannot store: U+0000 (PostgreSQL's text and jsonb refuse it) and lone surrogates (not
+    UTF-8). Refused up front with the field's path, rather than failing on write."""
     if isinstance(value, str):
         if "\x00" in value:
             raise ValidationError(f"{path}: the NUL character (U+0000) is not allowed")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(f"{path}: lone surrogate characters are not valid Unicode text") from None
     elif isinstance(value, dict):
         for key, item in value.items():
-            reject_nul(key, path)
-            reject_nul(item, f"{path}.{key}")
+            reject_unstorable(key, path)
+            reject_unstorable(item, f"{path}.{key}")
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            reject_nul(item, f"{path}[{index}]")
+            reject_unstorable(item, f"{path}[{index}]")
 
 
 class InvocationBody(BaseModel):

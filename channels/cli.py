@@ -131,13 +131,18 @@ def parse_json(option: str, raw: str) -> Any:
             raw = Path(raw[1:]).read_text(encoding="utf-8")
         except OSError as exc:
             fail(f"{option}: cannot read {raw[1:]}: {exc.strerror}", EXIT_CONFIG)
+    from errors import ValidationError
+    from request_models import load_json
+
     try:
-        return json.loads(raw)
+        return load_json(raw)
     except json.JSONDecodeError as exc:
         fail(
             f"{option}: not valid JSON ({exc.msg} at position {exc.pos}); quote text as JSON, e.g. '\"hello\"'",
             EXIT_CONFIG,
         )
+    except ValidationError as exc:
+        fail(f"{option}: {exc.detail}", EXIT_CONFIG)
 
 
 def parse_json_object(option: str, raw: str) -> dict[str, Any]:

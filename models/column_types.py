@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.compiler import compiles
 
 
 class UTCDateTime(sa.types.TypeDecorator):
@@ -32,7 +33,22 @@ def varchar(length: int = 255) -> sa.String:
     return sa.String(length)
 
 
-JSONB = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+class JSONDocument(sa.JSON):
+    """JSON that SQLite keeps as text: a column typed JSON would get NUMERIC affinity there, and SQLite would turn
+    a stored scalar such as 1.0 into the integer 1 and a 30-digit integer into a float."""
+
+    cache_ok = True
+
+
+@compiles(JSONDocument, "sqlite")
+def _sqlite_text(_type: JSONDocument, _compiler: object, **_kw: object) -> str:
+    return "TEXT"
+
+
+# The seed's jsonb (agent configs); JSON_EXACT keeps PostgreSQL's json, which stores the text as sent, for values
+# that must read back exactly (jsonb rewrites numbers: 1e308 would come back as an integer).
+JSONB = JSONDocument().with_variant(postgresql.JSONB(), "postgresql")
+JSON_EXACT = JSONDocument().with_variant(postgresql.JSON(), "postgresql")
 TEXT = sa.Text()
 DOUBLE = sa.Double()
 INTEGER = sa.Integer()

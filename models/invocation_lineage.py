@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from models.column_types import DOUBLE, INTEGER, JSONB, TEXT, TIMESTAMPTZ, varchar
+from models.column_types import DOUBLE, INTEGER, JSON_EXACT, TEXT, TIMESTAMPTZ, varchar
 from models.registry import PRIMARY_KEY, SERVER_NOW, Index, schema_db
 
 
@@ -31,7 +31,7 @@ class InvocationLineage:
     external_system: Annotated[str | None, varchar()] = None
     external_session_id: Annotated[str | None, varchar()] = None
     external_trace_id: Annotated[str | None, varchar()] = None
-    external_context: Annotated[dict | None, JSONB] = None
+    external_context: Annotated[dict | None, JSON_EXACT] = None
     # Our caller.
     api_key_id: Annotated[str | None, varchar()] = None
     organization_id: Annotated[str, varchar()]
@@ -44,8 +44,8 @@ class InvocationLineage:
     parent_invocation_id: Annotated[str | None, varchar()] = None
     workflow_id: Annotated[str | None, varchar()] = None
     # What happened.
-    input: Annotated[dict | None, JSONB] = None
-    output: Annotated[dict | None, JSONB] = None
+    input: Annotated[dict | None, JSON_EXACT] = None
+    output: Annotated[dict | None, JSON_EXACT] = None
     status: Annotated[str, varchar(50)]
     denial_reason: Annotated[str | None, TEXT] = None
     cost_usd: Annotated[float | None, DOUBLE] = None

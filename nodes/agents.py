@@ -21,7 +21,7 @@ from nodes.platforms import get_adapter, validate_platform_config
 from nodes.platforms.auth import validate_auth_config
 from nodes.platforms.base import DeliveryOptions
 from nodes.platforms.webhook_url import check_webhook_url
-from request_models import AgentCreate, AgentUpdate, parse, reject_nul
+from request_models import AgentCreate, AgentUpdate, parse, reject_unstorable
 from stores import agents as agent_store
 
 # Secrets that some platforms take in platform_config (an adapter's `secret_fields`, such as telegram's bot
@@ -76,7 +76,7 @@ def _split_platform_config(
     stored_secrets: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate a platform config; return what is stored in clear and the secrets to encrypt."""
-    reject_nul(platform_config, "platform_config")
+    reject_unstorable(platform_config, "platform_config")
     secret_fields = get_adapter(platform).secret_fields
     given = dict(platform_config)
     for field in secret_fields:
@@ -115,7 +115,7 @@ def build_agent_row(
     options: DeliveryOptions,
 ) -> dict[str, Any]:
     spec = parse(AgentCreate, body)
-    reject_nul(body)
+    reject_unstorable(body)
     platform_config, platform_secrets = _split_platform_config(spec.platform, spec.platform_config, options)
     auth_type, auth_settings, credentials = _auth_config(spec.auth_config, options)
     return {
@@ -147,7 +147,7 @@ def build_agent_changes(
 ) -> tuple[dict[str, Any], bool]:
     """The column values a PATCH changes, and whether it replaced the credentials."""
     update = parse(AgentUpdate, body)
-    reject_nul(body)
+    reject_unstorable(body)
     changes: dict[str, Any] = {
         field: getattr(update, field)
         for field in update.model_fields_set

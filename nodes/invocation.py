@@ -23,7 +23,7 @@ from kailash.nodes.base import register_node
 
 from errors import NotFoundError, ValidationError
 from nodes.base import ExternalAgentNode, dependency, value
-from request_models import InvocationBody, parse, reject_nul
+from request_models import InvocationBody, load_json, parse, reject_unstorable
 from stores import agents as agent_store
 
 # (field, header): the external identity every invocation must carry.
@@ -64,12 +64,14 @@ def _identity(raw: dict[str, Any]) -> dict[str, Any]:
         identity["external_context"] = {}
     else:
         try:
-            parsed = json.loads(context) if isinstance(context, str) else context
+            parsed = load_json(context) if isinstance(context, str) else context
         except json.JSONDecodeError:
             raise ValidationError(f"{CONTEXT_HEADER} must be a JSON object") from None
+        except ValidationError as exc:
+            raise ValidationError(f"{CONTEXT_HEADER}: {exc.detail}") from None
         if not isinstance(parsed, dict):
             raise ValidationError(f"{CONTEXT_HEADER} must be a JSON object")
-        reject_nul(parsed, CONTEXT_HEADER)
+        reject_unstorable(parsed, CONTEXT_HEADER)
         identity["external_context"] = parsed
     return identity
 
@@ -79,7 +81,7 @@ def prepare_invocation(
 ) -> dict[str, Any]:
     # No body at all is required later, like a missing header; a body that is present must be well formed.
     request = parse(InvocationBody, body) if body is not None else InvocationBody(input=None)
-    reject_nul(body)
+    reject_unstorable(body)
     who = _identity(identity)
     return {
         "invocation_id": str(uuid.uuid4()),

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from errors import NotFoundError, ValidationError
 from money import to_micros, to_usd
 from nodes.base import ExternalAgentNode, dependency, value
-from request_models import reject_nul
+from request_models import reject_unstorable
 from stores import lineage as lineage_store
 from stores.lineage import GRAPH_SELECTORS, LineageFilters, Selector
 
@@ -85,7 +85,7 @@ def _text(name: str, raw: Any) -> str | None:
         return None
     if not isinstance(raw, str):
         raise ValidationError(f"{name}: must be a string")
-    reject_nul(raw, name)
+    reject_unstorable(raw, name)
     return raw
 
 
@@ -158,14 +158,14 @@ def parse_graph_selection(selectors: dict[str, Any], depth: Any) -> tuple[Select
     raw = selectors[selector]
     if not isinstance(raw, str) or not raw:
         raise ValidationError(f"{selector}: must be a non-empty string")
-    reject_nul(raw, selector)
+    reject_unstorable(raw, selector)
     return selector, raw, _bounded_int("depth", DEFAULT_DEPTH if depth is None else depth, low=0, high=MAX_DEPTH)
 
 
 def parse_email(raw: Any) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise ValidationError("email: must be a non-empty string")
-    reject_nul(raw, "email")
+    reject_unstorable(raw, "email")
     return raw.strip()
 
 

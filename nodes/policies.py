@@ -14,7 +14,7 @@ from kailash.nodes.base import register_node
 from errors import NotFoundError, ValidationError
 from nodes.base import ExternalAgentNode, dependency, value
 from nodes.governance.policy_engine import validate_policy_fields
-from request_models import reject_nul
+from request_models import reject_unstorable
 from stores import agents as agent_store
 from stores import policies as policy_store
 
@@ -44,7 +44,7 @@ async def checked_fields(engine: Any, body: Any, *, organization_id: str, partia
     unknown = sorted(set(body) - set(WRITABLE))
     if unknown:
         raise ValidationError(f"{unknown[0]}: unknown field; expected any of: {', '.join(WRITABLE)}")
-    reject_nul(body)
+    reject_unstorable(body)
     fields = validate_policy_fields(body, partial=partial)
     agent_id = fields.get("external_agent_id")
     if agent_id is not None and (

@@ -1,6 +1,8 @@
 """Bearer API-key authentication for every HTTP route except health and version, as one ASGI middleware.
 
-It runs before any route, including those Nexus mounts itself, so nothing is reachable without a key.
+It runs before any route, including those Nexus mounts itself, so nothing is reachable without a key:
+WebSocket handshakes too (Nexus mounts an echo socket at /ws), which are refused with the same 401 (or a
+policy-violation close where the server cannot send a response to a handshake).
 The authenticated `Caller` is put on the request scope for routes to read.
 """
 
@@ -15,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from channels.error_responses import error_response
+from channels.error_responses import error_response, send_refusal
 from errors import ForbiddenError
 from stores.api_keys import Caller, authenticate
 
@@ -30,7 +32,7 @@ class BearerAuthMiddleware:
         self.engine_of = engine_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         request_id = uuid.uuid4().hex
@@ -50,7 +52,7 @@ class BearerAuthMiddleware:
             response = error_response(
                 503, "Authentication unavailable: the database is unreachable", request_id=request_id
             )
-            await response(scope, receive, send)
+            await send_refusal(scope, receive, send, response)
             return
         if caller is None:
             await _reject(scope, receive, send, request_id, "Invalid or revoked API key")
@@ -70,7 +72,7 @@ def _bearer_key(scope: Scope) -> str | None:
 
 async def _reject(scope: Scope, receive: Receive, send: Send, request_id: str, detail: str) -> None:
     response = error_response(401, detail, request_id=request_id, headers={"WWW-Authenticate": "Bearer"})
-    await response(scope, receive, send)
+    await send_refusal(scope, receive, send, response)
 
 
 def caller_with(request: Request, permission: str) -> Caller:

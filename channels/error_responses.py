@@ -1,4 +1,8 @@
-"""The one place where errors become HTTP responses: `{status_code, detail, error_code, timestamp, request_id}`."""
+"""The one place where errors become HTTP responses: `{status_code, detail, error_code, timestamp, request_id}`.
+
+A request that fails because the database cannot be reached (stopped, restarting, every pooled connection
+dropped, the pool exhausted) is a 503 the client may retry, not a 500: nothing is wrong with the request.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,16 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from errors import ExternalAgentsError
+from workflows.runner import WorkflowFailedError
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +72,46 @@ def error_response(
     return JSONResponse(body, status_code=status_code, headers={"X-Request-ID": request_id, **(headers or {})})
 
 
+async def send_refusal(scope: Scope, receive: Receive, send: Send, response: Response) -> None:
+    """Send an error response from a middleware, to an HTTP request or a WebSocket handshake alike.
+
+    A handshake gets it as a denial response where the server supports that extension, else a close with
+    1008 (policy violation), which the server answers with 403.
+    """
+    if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008, "reason": ""})
+        return
+    await response(scope, receive, send)
+
+
+DATABASE_UNAVAILABLE = "Service unavailable: the database cannot be reached; retry shortly"
+# Raised when PostgreSQL refuses, drops or cannot yet take connections (asyncpg's own types, or OS socket
+# errors from connecting), whichever layer wrapped them.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.InterfaceError,
+    ConnectionError,
+    TimeoutError,
+    sa_exc.TimeoutError,
+)
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """True when `exc`, or an exception it was raised from, says the database could not be reached."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _UNREACHABLE):
+            return True
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def own_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ExternalAgentsError)
@@ -83,6 +131,14 @@ def install_error_handlers(app: FastAPI) -> None:
             400, f"{field or 'request'}: {first.get('msg', 'invalid value')}", request_id=request_id_of(request)
         )
 
+    async def fault(request: Request, exc: Exception) -> JSONResponse:
+        if not database_unreachable(exc):
+            # Any other fault is the catch-all's to answer (500) and the server's to log.
+            raise exc
+        request_id = request_id_of(request)
+        logger.warning("request.database_unreachable request_id=%s error=%s", request_id, type(exc).__name__)
+        return error_response(503, DATABASE_UNAVAILABLE, request_id=request_id, headers={"Retry-After": "1"})
+
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         # The exception's text may carry user input or a driver's message: log its type only.
         request_id = request_id_of(request)
@@ -92,4 +148,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ExternalAgentsError, own_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    # The types a database outage surfaces as (wrapped by the workflow runner, or raised by a store directly).
+    for fault_type in (WorkflowFailedError, sa_exc.SQLAlchemyError, asyncpg.exceptions.PostgresError, OSError):
+        app.add_exception_handler(fault_type, fault)
     app.add_exception_handler(Exception, unexpected_error)

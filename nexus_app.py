@@ -70,12 +70,15 @@ async def ensure_bootstrap_key(settings: Settings) -> str | None:
 
 
 class RequestLimitsMiddleware:
-    """431 for headers over KAIZEN_MAX_HEADER_BYTES and 413 for bodies over KAIZEN_MAX_BODY_BYTES, before any work.
+    """431 for headers over KAIZEN_MAX_HEADER_BYTES and 413 for bodies over KAIZEN_MAX_BODY_BYTES, before any work;
+    400 for a NUL character in the URL (path or query).
 
     Outermost, so an oversized request costs no key lookup and no route. Nexus's own `max_request_body_bytes`
     guards only its extractor-based handlers; our routes read `request.body()` themselves, so without this a
     client could make the server buffer any amount. A declared Content-Length over the limit is refused
     without reading a byte; a body without one (chunked) is read here up to the limit, then handed on.
+    PostgreSQL cannot hold U+0000 in text, so a NUL in an id or a query value would fail deep in a store as a
+    500; no URL of this API needs one.
     """
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_header_bytes: int) -> None:
@@ -91,6 +94,9 @@ class RequestLimitsMiddleware:
         if header_bytes > self.max_header_bytes:
             detail = f"Request headers total {header_bytes} bytes; the limit is {self.max_header_bytes}"
             await _refuse(scope, receive, send, 431, detail)
+            return
+        if _has_nul(scope["query_string"]) or "\x00" in scope["path"]:
+            await _refuse(scope, receive, send, 400, "The NUL character (U+0000, %00) is not allowed in a URL")
             return
         if scope["type"] == "websocket":
             await self.app(scope, receive, send)
@@ -123,6 +129,10 @@ class RequestLimitsMiddleware:
 
     def _too_large(self, size: int, *, at_least: bool = False) -> str:
         return f"Request body is {'over ' if at_least else ''}{size} bytes; the limit is {self.max_body_bytes}"
+
+
+def _has_nul(query: bytes) -> bool:
+    return b"\x00" in query or b"%00" in query
 
 
 def _content_length(scope: Scope) -> int | None:

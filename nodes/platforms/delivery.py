@@ -202,9 +202,24 @@ class _Delivery:
         return result
 
     def scrub(self, text: str) -> str:
+        return redact(self._without_secrets(text))
+
+    def _without_secrets(self, text: str) -> str:
         for secret in sorted(self.secrets, key=len, reverse=True):
             text = text.replace(secret, REDACTED)
-        return redact(text)
+        return text
+
+    def scrub_output(self, value: Any) -> Any:
+        """The platform's answer without the secrets sent to it: a platform may echo its request, credentials
+        included, and the answer becomes the caller's output and a lineage row. Only the exact secret values are
+        replaced (not redact()'s patterns), so the rest of the answer reads as the platform wrote it."""
+        if isinstance(value, str):
+            return self._without_secrets(value)
+        if isinstance(value, dict):
+            return {self._without_secrets(k): self.scrub_output(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.scrub_output(item) for item in value]
+        return value
 
     def _should_retry(self, exc: BaseException) -> bool:
         if not isinstance(exc, PlatformError) or not exc.retryable:
@@ -339,7 +354,9 @@ class _Delivery:
         status = response.status_code
         if response.is_success:
             output, cost = self.adapter.parse_response(response)
-            return DeliveryResult(status_code=status, output=output, reported_cost_usd=cost, attempts=self.attempts)
+            return DeliveryResult(
+                status_code=status, output=self.scrub_output(output), reported_cost_usd=cost, attempts=self.attempts
+            )
         snippet = self.scrub(" ".join(response.text.split()))[:MAX_ERROR_BODY]
         detail = f"{self.adapter.platform} returned HTTP {status}" + (f": {snippet}" if snippet else "")
         if response.is_redirect or 300 <= status < 400:

@@ -47,6 +47,8 @@ _FOOTER_FACTS = ("Invocation", "Trace")
 class DiscordAdapter(PlatformAdapter):
     platform = "discord"
     url_field = "webhook_url"
+    # The webhook URL is the credential: whoever holds it can post as the agent.
+    secret_fields = ("webhook_url",)
 
     def validate_config(self, platform_config: dict[str, Any]) -> dict[str, Any]:
         check_fields(platform_config, allowed=("webhook_url", "username", "avatar_url"), prefix="platform_config")

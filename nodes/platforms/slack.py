@@ -39,6 +39,8 @@ _PARTIAL_ENTITY = re.compile(r"&[a-z]*$")
 class SlackAdapter(PlatformAdapter):
     platform = "slack"
     url_field = "webhook_url"
+    # The webhook URL is the credential: whoever holds it can post as the agent.
+    secret_fields = ("webhook_url",)
 
     def validate_config(self, platform_config: dict[str, Any]) -> dict[str, Any]:
         check_fields(platform_config, allowed=("webhook_url", "channel"), prefix="platform_config")

@@ -41,6 +41,8 @@ MAX_TITLE = 255
 class TeamsAdapter(PlatformAdapter):
     platform = "teams"
     url_field = "webhook_url"
+    # The webhook URL is the credential: whoever holds it can post as the agent.
+    secret_fields = ("webhook_url",)
 
     def validate_config(self, platform_config: dict[str, Any]) -> dict[str, Any]:
         check_fields(

@@ -46,7 +46,9 @@ async def _run_and_record(
     runner: WorkflowRunner, *, workflow: Workflow, metrics: GatewayMetrics, prepare: dict[str, Any]
 ) -> dict[str, dict[str, Any]]:
     results = await runner.run(workflow, {"prepare": prepare})
-    metrics.record_invocation(results["record"]["outcome"], agent_id=prepare["agent_id"])
+    metrics.record_invocation(
+        results["record"]["outcome"], agent_id=prepare["agent_id"], organization_id=prepare["caller"]["organization_id"]
+    )
     return results
 
 

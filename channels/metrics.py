@@ -24,14 +24,11 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 router = APIRouter()
 
 
-class GatewayMetrics:
-    """The gateway's series, in a registry of their own.
+class OrganizationSeries:
+    """One organisation's invocation series, in a registry of their own: a scrape shows the caller's organisation
+    only, so one organisation never learns another's agent ids or traffic."""
 
-    `redis_configured`: without Redis there is no `redis_up` series at all, rather than a permanent 0 that
-    would read as an outage.
-    """
-
-    def __init__(self, *, redis_configured: bool) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.budget_usage = Gauge(
             "external_agent_budget_usage_percentage",
@@ -67,37 +64,57 @@ class GatewayMetrics:
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
+
+
+class GatewayMetrics:
+    """The gateway's series: per organisation (OrganizationSeries) and the process's own `redis_up`.
+
+    `redis_configured`: without Redis there is no `redis_up` series at all, rather than a permanent 0 that
+    would read as an outage.
+    """
+
+    def __init__(self, *, redis_configured: bool) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
         self.redis_up = (
             Gauge("redis_up", "1 when Redis answered a ping at the last scrape, else 0.", registry=self.registry)
             if redis_configured
             else None
         )
+        self.organizations: dict[str, OrganizationSeries] = {}
 
-    def record_invocation(self, outcome: dict[str, Any], *, agent_id: str) -> None:
+    def record_invocation(self, outcome: dict[str, Any], *, agent_id: str, organization_id: str) -> None:
         """Count one invocation from its outcome (see nodes.record_invocation.outcome_of)."""
+        series = self._series(organization_id)
         status = outcome["status"]
-        self.invocations.labels(status=status).inc()
-        self.duration.observe(outcome["duration_ms"] / 1000)
+        series.invocations.labels(status=status).inc()
+        series.duration.observe(outcome["duration_ms"] / 1000)
         denial = outcome["denial"]
         if denial is not None and denial["kind"] == "policy":
-            self.policy_denials.inc()
+            series.policy_denials.inc()
         if status in ("failure", "timeout"):
-            self.webhook_failures.inc()
+            series.webhook_failures.inc()
         rate_limit = outcome.get("rate_limit")
         if rate_limit:
-            self.rate_limit_remaining.labels(agent_id=agent_id).set(rate_limit["remaining"])
+            series.rate_limit_remaining.labels(agent_id=agent_id).set(rate_limit["remaining"])
         # Present only when the budget step reserved: a denial before it (or by it) says nothing of spend.
         budget = outcome.get("budget")
         if budget:
-            self.budget_usage.labels(agent_id=agent_id).set(round(budget["usage"] * 100, 2))
+            series.budget_usage.labels(agent_id=agent_id).set(round(budget["usage"] * 100, 2))
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def _series(self, organization_id: str) -> OrganizationSeries:
+        series = self.organizations.get(organization_id)
+        if series is None:
+            series = self.organizations[organization_id] = OrganizationSeries()
+        return series
+
+    def exposition(self, organization_id: str) -> bytes:
+        """`redis_up` and the organisation's own series (zero until its first invocation)."""
+        return generate_latest(self.registry) + generate_latest(self._series(organization_id).registry)
 
 
 @router.get("/metrics", include_in_schema=False)
 async def get_metrics(request: Request) -> Response:
-    caller_with(request, "read:metrics")
+    caller = caller_with(request, "read:metrics")
     state = request.app.state.external_agents
     metrics = state.metrics
     if metrics.redis_up is not None and state.redis is not None:
@@ -106,4 +123,4 @@ async def get_metrics(request: Request) -> Response:
             metrics.redis_up.set(1)
         except Exception:
             metrics.redis_up.set(0)
-    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(caller.organization_id), media_type=CONTENT_TYPE_LATEST)

@@ -272,10 +272,16 @@ async def test_mcp_invocations_are_counted_in_metrics(gateway, org, client, plat
 
     async def successes() -> float:
         text = (await client.get("/metrics", headers=org.headers)).text
+        # Series are the organisation's own: no sample until its first successful invocation.
         line = next(
-            line for line in text.splitlines() if line.startswith('external_agent_invocations_total{status="success"}')
+            (
+                line
+                for line in text.splitlines()
+                if line.startswith('external_agent_invocations_total{status="success"}')
+            ),
+            None,
         )
-        return float(line.split()[-1])
+        return float(line.split()[-1]) if line else 0.0
 
     before = await successes()
     async with mcp_client(gateway, org) as mcp:

@@ -86,8 +86,10 @@ def redis_from(settings: Settings) -> Redis | None:
         timeout=settings.redis_timeout_seconds,
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
+        # On the pool's connections: Redis() ignores `retry=` when it is handed a pool.
+        retry=Retry(NoBackoff(), 1),
     )
-    return Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
+    return Redis(connection_pool=pool)
 
 
 def limiter_from(settings: Settings, redis: Redis | None) -> RateLimiter:

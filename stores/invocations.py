@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from models import TABLES
 from stores.audit import audit_row, insert_audit_rows
@@ -41,6 +43,17 @@ LINEAGE_INSERT = _lineage_insert()
 BILLING_INSERT = billing.insert()
 
 
+# How long a delivered invocation keeps trying to be recorded while the database is unreachable (a restart, a
+# failover): longer than that, the caller gets 503 and the delivery stands unrecorded.
+RECORD_RETRY_SECONDS = 8.0
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    return isinstance(exc, OSError)
+
+
 async def record_invocation(
     engine: AsyncEngine,
     *,
@@ -53,8 +66,41 @@ async def record_invocation(
     """Insert lineage (+ billing), settle or release the reservation, and append audit rows, in one transaction.
 
     `actual_micros` None with a reservation means the platform was never reached: the reservation is released.
+    The platform has usually been reached already, so a lost database connection is retried for a few seconds;
+    a retry that finds the lineage row already there means an earlier attempt committed.
     """
     audit_rows = [audit_row(**event) for event in audit_events]
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(_connection_lost),
+        stop=stop_after_delay(RECORD_RETRY_SECONDS),
+        wait=wait_exponential(multiplier=0.1, max=1.0),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            try:
+                await _record_once(
+                    engine,
+                    lineage_row=lineage_row,
+                    billing_row=billing_row,
+                    reservation=reservation,
+                    actual_micros=actual_micros,
+                    audit_rows=audit_rows,
+                )
+            except IntegrityError:
+                if attempt.retry_state.attempt_number == 1:
+                    raise
+
+
+async def _record_once(
+    engine: AsyncEngine,
+    *,
+    lineage_row: dict[str, Any],
+    billing_row: dict[str, Any] | None,
+    reservation: Reservation | None,
+    actual_micros: int | None,
+    audit_rows: list[dict[str, Any]],
+) -> None:
     async with engine.begin() as connection:
         await connection.execute(LINEAGE_INSERT, lineage_row)
         if billing_row is not None:

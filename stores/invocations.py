@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
@@ -48,10 +49,12 @@ BILLING_INSERT = billing.insert()
 RECORD_RETRY_SECONDS = 8.0
 
 
-def _connection_lost(exc: BaseException) -> bool:
-    if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
-    return isinstance(exc, OSError)
+def _database_unavailable(exc: BaseException) -> bool:
+    """A fault another attempt may get past (connection lost or refused, server starting up, pool exhausted),
+    as opposed to a statement the database refuses, which would fail the same way again."""
+    if isinstance(exc, IntegrityError | DataError | ProgrammingError):
+        return False
+    return isinstance(exc, DBAPIError | PoolTimeoutError | OSError)
 
 
 async def record_invocation(
@@ -71,7 +74,7 @@ async def record_invocation(
     """
     audit_rows = [audit_row(**event) for event in audit_events]
     retrying = AsyncRetrying(
-        retry=retry_if_exception(_connection_lost),
+        retry=retry_if_exception(_database_unavailable),
         stop=stop_after_delay(RECORD_RETRY_SECONDS),
         wait=wait_exponential(multiplier=0.1, max=1.0),
         reraise=True,

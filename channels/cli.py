@@ -796,6 +796,29 @@ def _conditions(raw: str | None) -> list[Any] | None:
     return value
 
 
+def _policy_fields(
+    *,
+    name: str | None,
+    effect: str | None,
+    description: str | None,
+    priority: int | None,
+    enabled: bool | None,
+    agent_id: str | None,
+    conditions: str | None,
+) -> dict[str, Any]:
+    """The policy fields given on the command line (absent ones are left to the defaults or unchanged)."""
+    fields = {
+        "name": name,
+        "effect": effect,
+        "description": description,
+        "priority": priority,
+        "enabled": enabled,
+        "external_agent_id": agent_id,
+        "conditions": _conditions(conditions),
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 @policies_app.command("create")
 def policies_create(
     name: Annotated[str, typer.Option("--name", show_default=False)],
@@ -811,16 +834,15 @@ def policies_create(
     as_json: AsJson = False,
 ) -> None:
     """Create a policy; it applies when all its conditions match."""
-    given = {
-        "name": name,
-        "effect": effect,
-        "description": description,
-        "priority": priority,
-        "enabled": enabled,
-        "external_agent_id": agent_id,
-        "conditions": _conditions(conditions),
-    }
-    body = {k: v for k, v in given.items() if v is not None}
+    body = _policy_fields(
+        name=name,
+        effect=effect,
+        description=description,
+        priority=priority,
+        enabled=enabled,
+        agent_id=agent_id,
+        conditions=conditions,
+    )
     where = target(url=url, api_key=api_key, org=org)
     policy = call(where, lambda gw: gw.create_policy(body), as_json=as_json)
     if as_json:
@@ -888,16 +910,15 @@ def policies_update(
     as_json: AsJson = False,
 ) -> None:
     """Change some of a policy's fields."""
-    given = {
-        "name": name,
-        "effect": effect,
-        "description": description,
-        "priority": priority,
-        "enabled": enabled,
-        "external_agent_id": agent_id,
-        "conditions": _conditions(conditions),
-    }
-    body = {k: v for k, v in given.items() if v is not None}
+    body = _policy_fields(
+        name=name,
+        effect=effect,
+        description=description,
+        priority=priority,
+        enabled=enabled,
+        agent_id=agent_id,
+        conditions=conditions,
+    )
     if not body:
         fail("nothing to change: give at least one option (see --help)", EXIT_CONFIG)
     where = target(url=url, api_key=api_key, org=org)

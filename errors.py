@@ -28,23 +28,9 @@ class ValidationError(ExternalAgentsError):
     error_code = "VALIDATION_ERROR"
 
 
-class UnauthorizedError(ExternalAgentsError):
-    status_code = 401
-    error_code = "UNAUTHORIZED"
-
-
-class BudgetExceededError(ExternalAgentsError):
-    status_code = 402
-    error_code = "BUDGET_EXCEEDED"
-
-
 class ForbiddenError(ExternalAgentsError):
     status_code = 403
     error_code = "FORBIDDEN"
-
-
-class PolicyDeniedError(ForbiddenError):
-    """An ABAC policy refused the invocation."""
 
 
 class NotFoundError(ExternalAgentsError):
@@ -55,16 +41,6 @@ class NotFoundError(ExternalAgentsError):
 class ConflictError(ExternalAgentsError):
     status_code = 409
     error_code = "CONFLICT"
-
-
-class PayloadTooLargeError(ExternalAgentsError):
-    status_code = 413
-    error_code = "PAYLOAD_TOO_LARGE"
-
-
-class RateLimitedError(ExternalAgentsError):
-    status_code = 429
-    error_code = "RATE_LIMIT_EXCEEDED"
 
 
 class ServiceUnavailableError(ExternalAgentsError):

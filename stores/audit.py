@@ -5,11 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from models import TABLES
-from stores.database import autocommit
 
 audit_log = TABLES["audit_log"]
 
@@ -43,14 +41,3 @@ async def insert_audit_rows(target: AsyncEngine | AsyncConnection, rows: list[di
         return
     async with target.begin() as connection:
         await connection.execute(audit_log.insert(), rows)
-
-
-async def list_audit(
-    engine: AsyncEngine, *, organization_id: str, event_type: str | None = None, limit: int = 100
-) -> list[dict[str, Any]]:
-    query = sa.select(audit_log).where(audit_log.c.organization_id == organization_id)
-    if event_type:
-        query = query.where(audit_log.c.event_type == event_type)
-    query = query.order_by(audit_log.c.created_at.desc()).limit(limit)
-    async with autocommit(engine).connect() as connection:
-        return [dict(r._mapping) for r in (await connection.execute(query)).all()]

@@ -6,6 +6,7 @@ from models import (  # noqa: F401  (importing a model module registers it with 
     billing_usage,
     budget_counter,
     external_agent,
+    external_agent_limits,
     invocation_lineage,
     policy,
 )

@@ -28,7 +28,7 @@ from models.migrations.objects import SchemaObject, existing, schema_objects
 from settings import Settings
 
 Report = Callable[[str], None]
-State = Literal["not_applied", "partial", "applied"]
+State = Literal["not_applied", "partial", "outdated", "applied"]
 
 _SCRIPT_LOCATION = Path(__file__).with_name("migrations")
 # Any fixed number; PostgreSQL advisory locks are keyed by a bigint shared by the whole server.
@@ -51,8 +51,9 @@ class MigrationStatus:
     current_revision: str | None
     head_revision: str
     objects: tuple[ObjectStatus, ...]
-    # "partial": some of the feature's objects exist but the revision is not recorded (an attempt that
-    # stopped half-way, tables made by hand), or it is recorded but objects have since gone missing.
+    # "partial": some of the feature's objects exist but no revision is recorded (an attempt that stopped
+    # half-way, tables made by hand), or one is recorded but objects it created have since gone missing.
+    # "outdated": an earlier revision is recorded and everything it created is there; later ones are pending.
     state: State
 
     @property
@@ -84,18 +85,22 @@ def upgrade(settings: Settings, *, dry_run: bool = False, report: Report = print
             lines(f"✅ Database is up to date (revision {before.head_revision})")
             return lines.result(before.current_revision, before.current_revision)
         if dry_run:
-            sql = _offline(connection, lambda config: command.upgrade(config, "head", sql=True))
+            # Offline, Alembic knows no current revision: a recorded one is where the script starts.
+            start = f"{before.current_revision}:" if before.state == "outdated" else ""
+            sql = _offline(connection, lambda config: command.upgrade(config, f"{start}head", sql=True))
             lines.sql(sql)
             return lines.result(before.current_revision, before.current_revision, sql=sql)
-        if before.state == "partial":
+        if before.state == "outdated":
+            lines(f"⬆️ Upgrading from revision {before.current_revision} to {before.head_revision}")
+        elif before.state == "partial":
             lines(
                 f"⚠️ Partial migration found ({len(before.missing)} of {len(before.objects)} objects missing): "
                 "creating what is missing"
             )
         config = _config(connection, lines)
-        if before.current_revision == before.head_revision:
-            # Recorded as applied, yet objects were dropped since: forget the record so that the revision runs
-            # again, and recreates just those.
+        if before.state == "partial" and before.current_revision is not None:
+            # A revision is recorded, yet objects it created were dropped since: forget the record so that every
+            # revision runs again, and each recreates just what it lacks.
             command.stamp(config, "base")
         command.upgrade(config, "head")
         lines("✅ Migration completed successfully")
@@ -122,8 +127,9 @@ def rollback(settings: Settings, *, dry_run: bool = False, report: Report = prin
             lines.sql(sql)
             return lines.result(before.current_revision, before.current_revision, sql=sql)
         config = _config(connection, lines)
-        if before.current_revision is None:
-            # A half-applied attempt left objects but no record; recording it lets Alembic's downgrade remove them.
+        if before.current_revision != before.head_revision:
+            # A half-applied attempt left objects but no record (or a later revision's objects were made by hand):
+            # recording the head lets Alembic's downgrade walk every revision, and each drops only what exists.
             command.stamp(config, "head")
         command.downgrade(config, "base")
         lines("✅ Rollback completed successfully")
@@ -173,15 +179,19 @@ def _offline(connection: sa.Connection, run: Callable[[Config], None]) -> str:
 
 def _status(connection: sa.Connection) -> MigrationStatus:
     current = MigrationContext.configure(connection).get_current_revision()
-    head = ScriptDirectory(str(_SCRIPT_LOCATION)).get_current_head()
+    scripts = ScriptDirectory(str(_SCRIPT_LOCATION))
+    head = scripts.get_current_head()
     if head is None:
         raise RuntimeError(f"no Alembic revision found in {_SCRIPT_LOCATION}")
     found = existing(connection)
     objects = tuple(ObjectStatus(schema_object=o, present=o in found) for o in schema_objects())
+    applied = {script.revision for script in scripts.iterate_revisions(current, "base")} if current else set()
     if current == head and all(o.present for o in objects):
         state: State = "applied"
     elif current is None and not any(o.schema_object.owned for o in objects if o.present):
         state = "not_applied"
+    elif current is not None and all(o.present for o in objects if o.schema_object.revision in applied):
+        state = "outdated"
     else:
         state = "partial"
     return MigrationStatus(current_revision=current, head_revision=head, objects=objects, state=state)

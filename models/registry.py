@@ -45,6 +45,8 @@ class Index:
 
 
 PRIMARY_KEY = Column(primary_key=True)
+# The migration revision that creates a model's table, unless the model names a later one in `__revision__`.
+FIRST_REVISION = "0001_external_agents"
 SERVER_NOW = Column(server_now=True)
 
 
@@ -76,7 +78,10 @@ def _column(name: str, hint: Any, fields: dict[str, Any]) -> sa.Column:
 
 
 def build_metadata() -> sa.MetaData:
-    """One `Table` per registered model, columns in declaration order, plus the model's `__indexes__`."""
+    """One `Table` per registered model, columns in declaration order, plus the model's `__indexes__`.
+
+    Each table's `info["revision"]` names the migration revision that creates it (see models/migrations).
+    """
     metadata = sa.MetaData()
     for model in schema_db.get_models().values():
         hints = typing.get_type_hints(model, include_extras=True)
@@ -85,6 +90,7 @@ def build_metadata() -> sa.MetaData:
             model.__tablename__,
             metadata,
             *(_column(name, hints[name], fields) for name in model.__annotations__),
+            info={"revision": getattr(model, "__revision__", FIRST_REVISION)},
         )
         for index in getattr(model, "__indexes__", ()):
             sa.Index(index.name, *(table.c[c] for c in index.columns), unique=index.unique)

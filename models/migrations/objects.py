@@ -1,8 +1,9 @@
 """The schema objects the feature installs, in the order they are created, and which of them exist.
 
 Derived from `METADATA` when called, so nothing here restates a column: every table and index of the models,
-plus the one column the feature adds to the product's existing `billing_usage` table. Revision 0001 walks
-this list to create (or drop) only what is missing (or present), and `models.migrate` uses it to report a
+plus the one column the feature adds to the product's existing `billing_usage` table. Each object belongs to
+the revision that creates its table (the table's `info["revision"]`); a revision walks its own objects to
+create (or drop) only what is missing (or present), and `models.migrate` uses the whole list to report a
 half-applied installation.
 """
 
@@ -44,6 +45,8 @@ class SchemaObject:
     # Whether rollback removes it: everything but the extended table itself and its indexes that do not
     # involve the added column.
     owned: bool
+    # The migration revision that creates it.
+    revision: str
 
     @property
     def label(self) -> str:
@@ -52,28 +55,33 @@ class SchemaObject:
         return f"{self.kind} {qualified}"
 
 
-def schema_objects() -> tuple[SchemaObject, ...]:
-    """In creation order: the seed's tables, then the seed's indexes, then the other tables, then the others'.
+def schema_objects(revision: str | None = None) -> tuple[SchemaObject, ...]:
+    """In creation order, revision by revision: the seed's tables, then the seed's indexes, then the other tables,
+    then the others' indexes.
 
     The added column comes right after its table; the rest follow METADATA's table order, indexes by name.
+    With a `revision`, only the objects that revision creates.
     """
     ranked: list[tuple[tuple[int, int, str], SchemaObject]] = []
-    for position, table in enumerate(t.name for t in METADATA.sorted_tables):
-        key = (0, _SEED_TABLES.index(table), "") if table in _SEED_TABLES else (2, position, "")
-        ranked.append((key, SchemaObject(kind=Kind.TABLE, table=table, name=table, owned=table != EXTENDED_TABLE)))
-        if table == EXTENDED_TABLE:
+    for position, table in enumerate(METADATA.sorted_tables):
+        name, made_by = table.name, table.info["revision"]
+        key = (0, _SEED_TABLES.index(name), "") if name in _SEED_TABLES else (2, position, "")
+        owned = name != EXTENDED_TABLE
+        ranked.append((key, SchemaObject(kind=Kind.TABLE, table=name, name=name, owned=owned, revision=made_by)))
+        if name == EXTENDED_TABLE:
+            column = SchemaObject(kind=Kind.COLUMN, table=name, name=ADDED_COLUMN, owned=True, revision=made_by)
+            ranked.append(((key[0], key[1], ADDED_COLUMN), column))
+        for index in table.indexes:
+            index_name = str(index.name)
+            key = (1, _SEED_INDEXES.index(index_name), "") if index_name in _SEED_INDEXES else (3, position, index_name)
+            owned = name != EXTENDED_TABLE or ADDED_COLUMN in index.columns
             ranked.append(
-                (
-                    (key[0], key[1], ADDED_COLUMN),
-                    SchemaObject(kind=Kind.COLUMN, table=table, name=ADDED_COLUMN, owned=True),
-                )
+                (key, SchemaObject(kind=Kind.INDEX, table=name, name=index_name, owned=owned, revision=made_by))
             )
-        for index in METADATA.tables[table].indexes:
-            name = str(index.name)
-            key = (1, _SEED_INDEXES.index(name), "") if name in _SEED_INDEXES else (3, position, name)
-            owned = table != EXTENDED_TABLE or ADDED_COLUMN in index.columns
-            ranked.append((key, SchemaObject(kind=Kind.INDEX, table=table, name=name, owned=owned)))
-    return tuple(schema_object for _, schema_object in sorted(ranked, key=lambda pair: pair[0]))
+    # A revision's objects come after its predecessors'; revision ids begin with their sequence number.
+    ranked.sort(key=lambda pair: (pair[1].revision, pair[0]))
+    ordered = (schema_object for _, schema_object in ranked)
+    return tuple(o for o in ordered if revision is None or o.revision == revision)
 
 
 def metadata_index(schema_object: SchemaObject) -> sa.Index:

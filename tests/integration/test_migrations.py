@@ -28,7 +28,7 @@ from models import METADATA, migrate
 from models.migrations.objects import Kind, schema_objects
 from settings import Settings, load_settings
 
-HEAD = "0001_external_agents"
+HEAD = "0002_execution_limits"
 
 SEED_LINES_FRESH = [
     "✅ Creating table: external_agents",
@@ -47,7 +47,16 @@ SEED_LINES_EXISTING = [
 COMPLETED = "✅ Migration completed successfully"
 UP_TO_DATE = f"✅ Database is up to date (revision {HEAD})"
 
-FEATURE_TABLES = {"external_agents", "invocation_lineage", "audit_log", "policies", "api_keys", "budget_counters"}
+FEATURE_TABLES = {
+    "external_agents",
+    "invocation_lineage",
+    "audit_log",
+    "policies",
+    "api_keys",
+    "budget_counters",
+    "external_agent_limits",
+}
+FIRST_RELEASE = "0001_external_agents"
 
 # The product's billing_usage before this feature: the columns the issue names, without external_agent_id.
 PRE_FEATURE_BILLING_USAGE = """
@@ -547,6 +556,98 @@ def test_autogenerate_finds_no_difference_from_metadata(settings: Settings) -> N
 
     with _connect(settings) as connection:
         assert compare_metadata(MigrationContext.configure(connection), METADATA) == []
+
+
+def _first_release_database(settings: Settings) -> None:
+    """A database as the first release left it: revision 0001 recorded, no execution-limits table, an agent."""
+    _upgrade(settings)
+    _execute(
+        settings,
+        "DROP TABLE external_agent_limits",
+        "UPDATE alembic_version SET version_num = '0001_external_agents'",
+        "INSERT INTO external_agents (id, name, platform, platform_config, auth_config, organization_id, created_by) "
+        "VALUES ('a-1', 'kept', 'slack', '{}', '{}', 'org-a', 'k-1')",
+    )
+
+
+def test_a_first_release_database_is_outdated_with_only_the_limits_table_missing(settings: Settings) -> None:
+    _first_release_database(settings)
+
+    status = migrate.status(settings)
+
+    assert status.state == "outdated"
+    assert status.current_revision == FIRST_RELEASE and status.head_revision == HEAD
+    assert [o.label for o in status.missing] == ["table external_agent_limits"]
+
+
+def test_upgrading_a_first_release_database_creates_just_the_limits_table(settings: Settings) -> None:
+    _first_release_database(settings)
+    before = _snapshot(settings)
+
+    result, lines = _upgrade(settings)
+
+    assert lines == [
+        f"⬆️ Upgrading from revision {FIRST_RELEASE} to {HEAD}",
+        "✅ Creating table: external_agent_limits",
+        COMPLETED,
+    ]
+    assert result.from_revision == FIRST_RELEASE and result.to_revision == HEAD
+    after = _snapshot(settings)
+    assert set(after) - set(before) == {"external_agent_limits"}
+    assert {table: after[table] for table in before if table != "alembic_version"} == {
+        table: shape for table, shape in before.items() if table != "alembic_version"
+    }
+    with _connect(settings) as connection:
+        assert connection.execute(sa.text("SELECT name FROM external_agents")).scalars().all() == ["kept"]
+    assert migrate.status(settings).state == "applied"
+
+
+def test_dry_run_of_a_first_release_database_prints_only_the_new_revision(settings: Settings) -> None:
+    _first_release_database(settings)
+    before = _snapshot(settings)
+
+    result, lines = _upgrade(settings, dry_run=True)
+
+    assert result.sql is not None
+    assert "-- Creating table: external_agent_limits" in lines
+    assert "CREATE TABLE external_agent_limits (" in lines
+    assert "CREATE TABLE external_agents" not in result.sql
+    assert (
+        "UPDATE alembic_version SET version_num='0002_execution_limits' "
+        "WHERE alembic_version.version_num = '0001_external_agents';" in lines
+    )
+    assert _snapshot(settings) == before
+
+
+def test_rollback_of_a_first_release_database_removes_the_feature(settings: Settings) -> None:
+    _first_release_database(settings)
+
+    result, lines = _rollback(settings)
+
+    assert result.from_revision == FIRST_RELEASE and result.to_revision is None
+    assert "✅ Dropping table: external_agents" in lines
+    assert "✅ Dropping table: external_agent_limits" not in lines
+    assert migrate.status(settings).state == "not_applied"
+
+
+def test_a_first_release_database_missing_one_of_its_own_indexes_is_partial_and_repaired(settings: Settings) -> None:
+    _first_release_database(settings)
+    _execute(settings, "DROP INDEX idx_invocation_lineage_user_email")
+
+    assert migrate.status(settings).state == "partial"
+    _, lines = _upgrade(settings)
+
+    assert "✅ Creating index: idx_invocation_lineage_user_email" in lines
+    assert "✅ Creating table: external_agent_limits" in lines
+    assert migrate.status(settings).state == "applied"
+
+
+def test_each_revision_owns_its_own_objects() -> None:
+    revisions = {o.label: o.revision for o in schema_objects()}
+
+    assert revisions["table external_agent_limits"] == HEAD
+    assert {label for label, revision in revisions.items() if revision == HEAD} == {"table external_agent_limits"}
+    assert schema_objects(FIRST_RELEASE) + schema_objects(HEAD) == schema_objects()
 
 
 def test_rollback_owns_everything_but_the_billing_usage_table() -> None:

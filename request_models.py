@@ -18,6 +18,8 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"
 Cost = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
 ModelT = TypeVar("ModelT", bound=BaseModel)
 PerPeriod = Annotated[int, Field(ge=1, le=10_000_000, strict=True)]
+# Executions an agent may make in a UTC day or month; null (or left out) is no limit.
+ExecutionLimit = Annotated[int, Field(ge=1, le=1_000_000_000, strict=True)]
 
 
 class AgentCreate(BaseModel):
@@ -34,6 +36,8 @@ class AgentCreate(BaseModel):
     requests_per_minute: PerPeriod | None = None
     requests_per_hour: PerPeriod | None = None
     requests_per_day: PerPeriod | None = None
+    daily_execution_limit: ExecutionLimit | None = None
+    monthly_execution_limit: ExecutionLimit | None = None
 
 
 class AgentUpdate(BaseModel):
@@ -49,6 +53,8 @@ class AgentUpdate(BaseModel):
     requests_per_minute: PerPeriod | None = None
     requests_per_hour: PerPeriod | None = None
     requests_per_day: PerPeriod | None = None
+    daily_execution_limit: ExecutionLimit | None = None
+    monthly_execution_limit: ExecutionLimit | None = None
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

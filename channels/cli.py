@@ -487,6 +487,16 @@ CostPerCall = Annotated[
 PerMinute = Annotated[int | None, typer.Option("--requests-per-minute", min=1, show_default=False)]
 PerHour = Annotated[int | None, typer.Option("--requests-per-hour", min=1, show_default=False)]
 PerDay = Annotated[int | None, typer.Option("--requests-per-day", min=1, show_default=False)]
+DailyExecutions = Annotated[
+    int | None,
+    typer.Option("--daily-execution-limit", min=1, help="Invocations per UTC day. Default: none.", show_default=False),
+]
+MonthlyExecutions = Annotated[
+    int | None,
+    typer.Option(
+        "--monthly-execution-limit", min=1, help="Invocations per UTC month. Default: none.", show_default=False
+    ),
+]
 
 
 def _agent_fields(
@@ -499,6 +509,8 @@ def _agent_fields(
     requests_per_minute: int | None,
     requests_per_hour: int | None,
     requests_per_day: int | None,
+    daily_execution_limit: int | None,
+    monthly_execution_limit: int | None,
 ) -> dict[str, Any]:
     """The optional agent fields given on the command line (absent ones are left to the defaults or unchanged)."""
     fields: dict[str, Any] = {
@@ -510,6 +522,8 @@ def _agent_fields(
         "requests_per_minute": requests_per_minute,
         "requests_per_hour": requests_per_hour,
         "requests_per_day": requests_per_day,
+        "daily_execution_limit": daily_execution_limit,
+        "monthly_execution_limit": monthly_execution_limit,
     }
     return {k: v for k, v in fields.items() if v is not None}
 
@@ -540,6 +554,8 @@ def agents_create(
     requests_per_minute: PerMinute = None,
     requests_per_hour: PerHour = None,
     requests_per_day: PerDay = None,
+    daily_execution_limit: DailyExecutions = None,
+    monthly_execution_limit: MonthlyExecutions = None,
     url: Url = None,
     api_key: ApiKey = None,
     org: Org = None,
@@ -559,6 +575,8 @@ def agents_create(
             requests_per_minute=requests_per_minute,
             requests_per_hour=requests_per_hour,
             requests_per_day=requests_per_day,
+            daily_execution_limit=daily_execution_limit,
+            monthly_execution_limit=monthly_execution_limit,
         ),
     }
     where = target(url=url, api_key=api_key, org=org)
@@ -639,6 +657,8 @@ def agents_update(
     requests_per_minute: PerMinute = None,
     requests_per_hour: PerHour = None,
     requests_per_day: PerDay = None,
+    daily_execution_limit: DailyExecutions = None,
+    monthly_execution_limit: MonthlyExecutions = None,
     url: Url = None,
     api_key: ApiKey = None,
     org: Org = None,
@@ -654,6 +674,8 @@ def agents_update(
         requests_per_minute=requests_per_minute,
         requests_per_hour=requests_per_hour,
         requests_per_day=requests_per_day,
+        daily_execution_limit=daily_execution_limit,
+        monthly_execution_limit=monthly_execution_limit,
     )
     if name is not None:
         body["name"] = name

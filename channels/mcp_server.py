@@ -60,6 +60,9 @@ Status = Annotated[
 ]
 Cost = Annotated[float | None, Field(ge=0, description="US dollars; the configured default when omitted.")]
 PerPeriod = Annotated[int | None, Field(ge=1, description="Maximum invocations; the configured default when omitted.")]
+ExecutionLimit = Annotated[
+    int | None, Field(ge=1, description="Maximum invocations per UTC day or month (402 beyond); none when omitted.")
+]
 Email = Annotated[str, Field(min_length=3, max_length=255, description="The external user's email address.")]
 JsonObject = dict[str, Any]
 
@@ -147,6 +150,8 @@ class GatewayTools:
         requests_per_minute: PerPeriod = None,
         requests_per_hour: PerPeriod = None,
         requests_per_day: PerPeriod = None,
+        daily_execution_limit: ExecutionLimit = None,
+        monthly_execution_limit: ExecutionLimit = None,
     ) -> JsonObject:
         """Register an external agent for the organisation; returns it with "credentials": "***".
 
@@ -165,6 +170,8 @@ class GatewayTools:
             "requests_per_minute": requests_per_minute,
             "requests_per_hour": requests_per_hour,
             "requests_per_day": requests_per_day,
+            "daily_execution_limit": daily_execution_limit,
+            "monthly_execution_limit": monthly_execution_limit,
         }
         body = {key: value for key, value in given.items() if value is not None}
         return await self._call(ctx, lambda gw: gw.create_agent(body))

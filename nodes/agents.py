@@ -27,6 +27,8 @@ from stores import agents as agent_store
 # Secrets that some platforms take in platform_config (an adapter's `secret_fields`, such as telegram's bot
 # token) are moved into the encrypted envelope and shown as MASK; sending MASK back keeps the stored secret.
 MASK = "***"
+# The fields a PATCH may set to null.
+NULLABLE_FIELDS = ("description", *agent_store.LIMIT_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ def present_agent(row: dict[str, Any], *, month_spent_micros: int | None = None)
         "requests_per_minute": row["requests_per_minute"],
         "requests_per_hour": row["requests_per_hour"],
         "requests_per_day": row["requests_per_day"],
+        "daily_execution_limit": row["daily_execution_limit"],
+        "monthly_execution_limit": row["monthly_execution_limit"],
         "organization_id": row["organization_id"],
         "created_by": row["created_by"],
         "created_at": row["created_at"].isoformat(),
@@ -132,6 +136,8 @@ def build_agent_row(
         "requests_per_minute": _or(spec.requests_per_minute, defaults.per_minute),
         "requests_per_hour": _or(spec.requests_per_hour, defaults.per_hour),
         "requests_per_day": _or(spec.requests_per_day, defaults.per_day),
+        "daily_execution_limit": spec.daily_execution_limit,
+        "monthly_execution_limit": spec.monthly_execution_limit,
         "organization_id": caller["organization_id"],
         "created_by": caller["api_key_id"],
         "created_at": datetime.now(UTC),
@@ -153,8 +159,9 @@ def build_agent_changes(
         for field in update.model_fields_set
         if field not in ("platform_config", "auth_config")
     }
-    for field in ("name", *(f for f in changes if f != "description")):
-        if field in changes and changes[field] is None:
+    # null clears a description or an execution limit; no other field may be emptied.
+    for field in (f for f in changes if f not in NULLABLE_FIELDS):
+        if changes[field] is None:
             raise ValidationError(f"{field}: must not be null")
     if update.platform_config is None and update.auth_config is None:
         return changes, False

@@ -127,6 +127,8 @@ def agent_view(row: dict[str, Any]) -> dict[str, Any]:
         "requests_per_minute": row["requests_per_minute"],
         "requests_per_hour": row["requests_per_hour"],
         "requests_per_day": row["requests_per_day"],
+        "daily_execution_limit": row["daily_execution_limit"],
+        "monthly_execution_limit": row["monthly_execution_limit"],
     }
 
 

@@ -1,4 +1,7 @@
-"""Reads and writes of `external_agents`, always scoped to one organisation."""
+"""Reads and writes of `external_agents` and each agent's `external_agent_limits` row, scoped to one organisation.
+
+An agent is read as one row: its `external_agents` columns plus its execution limits (None without a row).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,44 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from errors import ConflictError
 from models import TABLES
 from stores.database import autocommit
 
 agents = TABLES["external_agents"]
+limits = TABLES["external_agent_limits"]
 counters = TABLES["budget_counters"]
+
+LIMIT_FIELDS = ("daily_execution_limit", "monthly_execution_limit")
+_AGENT_COLUMNS = (*agents.c, *(limits.c[field] for field in LIMIT_FIELDS))
+_AGENTS_WITH_LIMITS = agents.outerjoin(limits, limits.c.external_agent_id == agents.c.id)
+
+
+def _select_agents(*extra: Any) -> sa.Select[Any]:
+    return sa.select(*_AGENT_COLUMNS, *extra).select_from(_AGENTS_WITH_LIMITS)
+
+
+def _split(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(external_agents columns, execution limits) of a row or a change."""
+    return (
+        {k: v for k, v in values.items() if k not in LIMIT_FIELDS},
+        {k: v for k, v in values.items() if k in LIMIT_FIELDS},
+    )
+
+
+async def _write_limits(connection: AsyncConnection, agent_id: str, values: dict[str, Any]) -> None:
+    """Insert the agent's limits row, or change just the given limits of the one it has."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(limits).values(external_agent_id=agent_id, **values)
+    await connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=[limits.c.external_agent_id], set_={**values, "updated_at": sa.func.now()}
+        )
+    )
 
 
 def _duplicate_name(name: str) -> ConflictError:
@@ -22,18 +54,22 @@ def _duplicate_name(name: str) -> ConflictError:
 
 
 async def insert_agent(engine: AsyncEngine, row: dict[str, Any]) -> dict[str, Any]:
+    columns, execution_limits = _split(row)
     try:
         async with engine.begin() as connection:
-            result = await connection.execute(agents.insert().values(**row).returning(*agents.c))
-            return dict(result.one()._mapping)
+            result = await connection.execute(agents.insert().values(**columns).returning(*agents.c))
+            stored = dict(result.one()._mapping)
+            if any(v is not None for v in execution_limits.values()):
+                await _write_limits(connection, stored["id"], execution_limits)
     except IntegrityError as exc:
         raise _duplicate_name(row["name"]) from exc
+    return {**stored, **dict.fromkeys(LIMIT_FIELDS), **execution_limits}
 
 
 async def get_agent(engine: AsyncEngine, *, organization_id: str, agent_id: str) -> dict[str, Any] | None:
     async with autocommit(engine).connect() as connection:
         result = await connection.execute(
-            sa.select(agents).where(agents.c.id == agent_id, agents.c.organization_id == organization_id)
+            _select_agents().where(agents.c.id == agent_id, agents.c.organization_id == organization_id)
         )
         row = result.first()
     return dict(row._mapping) if row else None
@@ -67,7 +103,7 @@ async def list_agents(
         )
     now = datetime.now(UTC)
     page_query = (
-        sa.select(agents, sa.func.coalesce(counters.c.spent_micros, 0).label("month_spent_micros"))
+        _select_agents(sa.func.coalesce(counters.c.spent_micros, 0).label("month_spent_micros"))
         .outerjoin(counters, counters.c.id == month_counter_id(agents.c.id, now))
         .where(*conditions)
         .order_by(agents.c.created_at.desc(), agents.c.id)
@@ -84,18 +120,21 @@ async def list_agents(
 async def update_agent(
     engine: AsyncEngine, *, organization_id: str, agent_id: str, values: dict[str, Any]
 ) -> dict[str, Any] | None:
+    columns, execution_limits = _split(values)
+    where = (agents.c.id == agent_id, agents.c.organization_id == organization_id)
     try:
         async with engine.begin() as connection:
             result = await connection.execute(
-                agents.update()
-                .where(agents.c.id == agent_id, agents.c.organization_id == organization_id)
-                .values(**values, updated_at=datetime.now(UTC))
-                .returning(*agents.c)
+                agents.update().where(*where).values(**columns, updated_at=datetime.now(UTC)).returning(agents.c.id)
             )
-            row = result.first()
+            if result.first() is None:
+                return None
+            if execution_limits:
+                await _write_limits(connection, agent_id, execution_limits)
+            row = (await connection.execute(_select_agents().where(*where))).one()
     except IntegrityError as exc:
         raise _duplicate_name(values.get("name", "")) from exc
-    return dict(row._mapping) if row else None
+    return dict(row._mapping)
 
 
 async def delete_agent(engine: AsyncEngine, *, organization_id: str, agent_id: str) -> bool:
@@ -103,6 +142,8 @@ async def delete_agent(engine: AsyncEngine, *, organization_id: str, agent_id: s
         result = await connection.execute(
             agents.delete().where(agents.c.id == agent_id, agents.c.organization_id == organization_id)
         )
+        if result.rowcount == 1:
+            await connection.execute(limits.delete().where(limits.c.external_agent_id == agent_id))
     return result.rowcount == 1
 
 
@@ -129,7 +170,7 @@ async def replace_credential_token(engine: AsyncEngine, *, agent_id: str, old: b
 async def get_agent_by_name(engine: AsyncEngine, *, organization_id: str, name: str) -> dict[str, Any] | None:
     async with autocommit(engine).connect() as connection:
         result = await connection.execute(
-            sa.select(agents).where(agents.c.organization_id == organization_id, agents.c.name == name)
+            _select_agents().where(agents.c.organization_id == organization_id, agents.c.name == name)
         )
         row = result.first()
     return dict(row._mapping) if row else None

@@ -26,15 +26,19 @@ class BudgetThresholds:
 
 def budget_limits(agent: dict[str, Any]) -> BudgetLimits:
     return BudgetLimits(
-        daily_micros=to_micros(agent["max_daily_cost"]), monthly_micros=to_micros(agent["max_monthly_cost"])
+        daily_micros=to_micros(agent["max_daily_cost"]),
+        monthly_micros=to_micros(agent["max_monthly_cost"]),
+        daily_executions=agent["daily_execution_limit"],
+        monthly_executions=agent["monthly_execution_limit"],
     )
 
 
 def budget_denial(refusal: BudgetRefusal) -> dict[str, Any]:
+    limit = "budget" if refusal.reason == "cost" else "execution limit"
     return {
         "kind": "budget",
         "status_code": 402,
-        "detail": f"{refusal.period.capitalize()} budget exceeded for this agent",
+        "detail": f"{refusal.period.capitalize()} {limit} exceeded for this agent",
         "budget_remaining": to_usd(refusal.remaining_micros),
         "budget_limit": to_usd(refusal.limit_micros),
     }

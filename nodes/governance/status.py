@@ -38,6 +38,7 @@ def governance_summary(agent: dict[str, Any], spend: Spend) -> dict[str, Any]:
 def budget_status(agent: dict[str, Any], spend: Spend, thresholds: BudgetThresholds) -> dict[str, Any]:
     usage = usage_fraction(spend.month_spent_micros, agent["max_monthly_cost"])
     monthly, daily = to_micros(agent["max_monthly_cost"] or 0), to_micros(agent["max_daily_cost"] or 0)
+    execution_limit = agent["monthly_execution_limit"]
     return {
         "monthly_budget_usd": agent["max_monthly_cost"],
         "monthly_spent_usd": to_usd(spend.month_spent_micros),
@@ -45,9 +46,9 @@ def budget_status(agent: dict[str, Any], spend: Spend, thresholds: BudgetThresho
         "daily_budget_usd": agent["max_daily_cost"],
         "daily_spent_usd": to_usd(spend.day_spent_micros),
         "remaining_daily_usd": to_usd(max(daily - spend.day_spent_micros, 0)),
-        "monthly_execution_limit": None,
+        "monthly_execution_limit": execution_limit,
         "monthly_execution_count": spend.month_executions,
-        "remaining_executions": None,
+        "remaining_executions": None if execution_limit is None else max(execution_limit - spend.month_executions, 0),
         "usage_percentage": round(usage * 100, 2),
         "warning_triggered": usage >= thresholds.warning,
         "degraded_mode": usage >= thresholds.degradation,

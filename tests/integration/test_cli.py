@@ -177,10 +177,22 @@ async def test_changes_and_deletes_agents(gateway, org, client):
     created = ok_json(await cli(env, "agents", "create", *SEED_AGENT, *key, "--json"))
     updated = ok_json(
         await cli(
-            env, "agents", "update", created["id"], "--requests-per-minute", "3", "--description", "d", *key, "--json"
+            env,
+            "agents",
+            "update",
+            created["id"],
+            "--requests-per-minute",
+            "3",
+            "--description",
+            "d",
+            "--monthly-execution-limit",
+            "500",
+            *key,
+            "--json",
         )
     )
     assert (updated["requests_per_minute"], updated["description"], updated["name"]) == (3, "d", "Test Agent")
+    assert (updated["daily_execution_limit"], updated["monthly_execution_limit"]) == (None, 500)
     deleted = await cli(env, "agents", "delete", created["id"], *key)
     assert deleted.exit_code == 0 and f"Deleted agent {created['id']}" in deleted.stdout
     gone = (await client.get(f"/api/external-agents/{created['id']}", headers=org.headers)).status_code

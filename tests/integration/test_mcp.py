@@ -101,8 +101,14 @@ async def seed_smoke_tests(client: Client, platform_server) -> dict[str, Any]:
     hook = await call(
         client,
         "register_agent",
-        {"name": "smoke", "platform": "custom_http", "platform_config": {"url": platform_server.url("/smoke")}},
+        {
+            "name": "smoke",
+            "platform": "custom_http",
+            "platform_config": {"url": platform_server.url("/smoke")},
+            "daily_execution_limit": 50,
+        },
     )
+    assert hook["daily_execution_limit"] == 50
     invoked = await call(client, "invoke_agent", {"agent_id": hook["id"], "input": "test", **SEED_IDENTITY})
     assert invoked["status"] == "success" and invoked["output"] == {"answer": "ok"}
     assert invoked["metadata"]["webhook_delivered"] is True

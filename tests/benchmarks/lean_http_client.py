@@ -2,7 +2,7 @@
 
 On a 2-core machine the load generator competes with the server it measures; httpx spends about 1.3 ms of CPU
 per request, this client a small fraction of that, so the figures describe the server rather than the client.
-It speaks just enough HTTP for our own server: requests with a JSON body, responses with Content-Length.
+It speaks just enough HTTP for our own server: GET, POST with a JSON body, responses with Content-Length.
 """
 
 from __future__ import annotations
@@ -24,10 +24,15 @@ class LeanConnection:
 
     async def post(self, path: str, body: object, headers: dict[str, str]) -> tuple[int, bytes]:
         payload = json.dumps(body).encode()
+        return await self._exchange("POST", path, {"Content-Type": "application/json", **headers}, payload)
+
+    async def get(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        return await self._exchange("GET", path, headers, b"")
+
+    async def _exchange(self, method: str, path: str, headers: dict[str, str], payload: bytes) -> tuple[int, bytes]:
         head = [
-            f"POST {path} HTTP/1.1",
+            f"{method} {path} HTTP/1.1",
             f"Host: {self._host}",
-            "Content-Type: application/json",
             f"Content-Length: {len(payload)}",
             *(f"{k}: {v}" for k, v in headers.items()),
         ]

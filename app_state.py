@@ -26,6 +26,8 @@ from nodes.platforms.auth import OAuth2TokenCache
 from nodes.platforms.base import DeliveryOptions
 from settings import Settings
 from stores.database import create_engine
+from stores.invocations import keep_replaying
+from stores.unrecorded import UnrecordedJournal
 from workflows.agent_registry import RegistryWorkflows, build_governance_status_workflow, build_registry_workflows
 from workflows.examples import build_example_workflows
 from workflows.invocation import InvocationDependencies, build_invocation_workflow
@@ -51,10 +53,14 @@ class AppState:
     policies: PolicyWorkflows
     host_workflows: dict[str, Workflow]
     metrics: GatewayMetrics
+    journal: UnrecordedJournal
     background: list[asyncio.Task] = field(default_factory=list)
 
     async def start(self) -> None:
         self.background.append(asyncio.create_task(self.policy_cache.listen(), name="policy-cache-listener"))
+        self.background.append(
+            asyncio.create_task(keep_replaying(self.engine, self.journal), name="unrecorded-invocations-replay")
+        )
 
     async def aclose(self) -> None:
         for task in self.background:
@@ -127,6 +133,7 @@ def build_state(settings: Settings, *, host_workflows: dict[str, Workflow] | Non
         follow_redirects=False,
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
     )
+    journal = UnrecordedJournal(settings.kaizen_data_dir / "unrecorded")
     thresholds = BudgetThresholds(
         warning=settings.external_agent_budget_warning_threshold,
         degradation=settings.external_agent_budget_degradation_threshold,
@@ -144,6 +151,7 @@ def build_state(settings: Settings, *, host_workflows: dict[str, Workflow] | Non
             options=options,
             token_cache=OAuth2TokenCache(),
             alert_channel_name=settings.external_agent_alert_channel_name,
+            journal=journal,
         )
     )
     runner = WorkflowRunner()
@@ -170,4 +178,5 @@ def build_state(settings: Settings, *, host_workflows: dict[str, Workflow] | Non
         policies=build_policy_workflows(engine=engine, policy_cache=policy_cache),
         host_workflows=host_workflows,
         metrics=metrics,
+        journal=journal,
     )

@@ -24,6 +24,7 @@ from nodes.platforms.auth import OAuth2TokenCache
 from nodes.platforms.base import DeliveryOptions
 from nodes.platforms.delivery import deliver
 from stores.agents import get_agent_by_name
+from stores.database import database_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +63,16 @@ class SendBudgetAlertsNode(ExternalAgentNode):
         alerts = [e for e in invocation["audit_events"] if e["event_type"] in ALERT_EVENTS]
         if denied(invocation) or not alerts:
             return {"invocation": invocation}
-        channel = await get_agent_by_name(
-            kw["engine"], organization_id=invocation["caller"]["organization_id"], name=kw["channel_name"]
-        )
+        try:
+            channel = await get_agent_by_name(
+                kw["engine"], organization_id=invocation["caller"]["organization_id"], name=kw["channel_name"]
+            )
+        except Exception as exc:
+            # The invocation is delivered: losing its alert beats losing its record, which comes next.
+            if not database_unavailable(exc):
+                raise
+            logger.warning("budget_alert.skipped reason=database_unavailable error=%s", type(exc).__name__)
+            return {"invocation": invocation}
         if channel is None:
             return {"invocation": invocation}
         client: httpx.AsyncClient = kw["client"]

@@ -1,7 +1,8 @@
 """The last step of an invocation: record what happened (lineage, billing, budget settlement, audit).
 
 Denied invocations are recorded too, with status `denied` and their reason. The node's output is the
-outcome the channels turn into a response.
+outcome the channels turn into a response. A record the database cannot take in time waits in the journal
+(stores/unrecorded.py) and the response stands: the platform has the delivery, and the record follows.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class RecordInvocationNode(ExternalAgentNode):
     def get_parameters(self) -> dict[str, Any]:
         return {
             "engine": dependency("engine", "SQLAlchemy AsyncEngine"),
+            "journal": dependency("journal", "UnrecordedJournal: where records wait while the database is away"),
             "invocation": value("invocation", "the invocation, delivered or denied"),
         }
 
@@ -144,5 +146,6 @@ class RecordInvocationNode(ExternalAgentNode):
             reservation=Reservation.from_dict(reservation) if reservation else None,
             actual_micros=actual,
             audit_events=events,
+            journal=kw["journal"],
         )
         return {"outcome": outcome_of(invocation, status=status, cost_micros=cost_micros, duration_ms=duration_ms)}

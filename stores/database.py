@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from settings import Settings
@@ -62,3 +64,11 @@ def autocommit(engine: AsyncEngine) -> AsyncEngine:
 async def ping(engine: AsyncEngine) -> None:
     async with autocommit(engine).connect() as connection:
         await connection.execute(sa.text("SELECT 1"))
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """A fault another attempt may get past (connection lost or refused, server starting up, pool exhausted),
+    as opposed to a statement the database refuses, which would fail the same way again."""
+    if isinstance(exc, IntegrityError | DataError | ProgrammingError):
+        return False
+    return isinstance(exc, DBAPIError | PoolTimeoutError | OSError)

@@ -1,22 +1,30 @@
 """Writing an invocation's outcome: its lineage row, its billing row and the budget settlement, atomically.
 
 One transaction, so a delivered invocation is always both in lineage and billed (and a crash leaves
-neither), and the budget counters move with the billing rows they summarise.
+neither), and the budget counters move with the billing rows they summarise. When the database stays
+unreachable longer than the retries last, the record waits on local disk (stores/unrecorded.py) and
+`keep_replaying` writes it, the same way, once the database is back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from models import TABLES
 from stores.audit import audit_row, insert_audit_rows
 from stores.budgets import Reservation, release, settle
+from stores.database import autocommit, database_unavailable, ping
+from stores.unrecorded import InvocationRecord, UnrecordedJournal
+
+logger = logging.getLogger(__name__)
 
 lineage = TABLES["invocation_lineage"]
 billing = TABLES["billing_usage"]
@@ -45,16 +53,10 @@ BILLING_INSERT = billing.insert()
 
 
 # How long a delivered invocation keeps trying to be recorded while the database is unreachable (a restart, a
-# failover): longer than that, the caller gets 503 and the delivery stands unrecorded.
+# failover) before its record is left to the journal (or, without one, the caller gets 503).
 RECORD_RETRY_SECONDS = 8.0
-
-
-def _database_unavailable(exc: BaseException) -> bool:
-    """A fault another attempt may get past (connection lost or refused, server starting up, pool exhausted),
-    as opposed to a statement the database refuses, which would fail the same way again."""
-    if isinstance(exc, IntegrityError | DataError | ProgrammingError):
-        return False
-    return isinstance(exc, DBAPIError | PoolTimeoutError | OSError)
+# How often each app process looks for journalled records to write.
+REPLAY_INTERVAL_SECONDS = 5.0
 
 
 async def record_invocation(
@@ -65,52 +67,142 @@ async def record_invocation(
     reservation: Reservation | None,
     actual_micros: int | None,
     audit_events: list[dict[str, Any]],
-) -> None:
+    journal: UnrecordedJournal | None = None,
+    retry_seconds: float = RECORD_RETRY_SECONDS,
+) -> bool:
     """Insert lineage (+ billing), settle or release the reservation, and append audit rows, in one transaction.
 
     `actual_micros` None with a reservation means the platform was never reached: the reservation is released.
-    The platform has usually been reached already, so a lost database connection is retried for a few seconds;
-    a retry that finds the lineage row already there means an earlier attempt committed.
+    The platform has usually been reached already, so a lost database connection is retried for
+    `retry_seconds`; a retry that finds the lineage row already there means an earlier attempt committed.
+    Still unreachable after that, the record goes to `journal` and False is returned (recorded later);
+    without a journal, or if the journal cannot be written, the database's error is raised.
     """
-    audit_rows = [audit_row(**event) for event in audit_events]
+    record = InvocationRecord(
+        lineage_row=lineage_row,
+        billing_row=billing_row,
+        reservation=reservation.to_dict() if reservation is not None else None,
+        actual_micros=actual_micros,
+        audit_rows=[audit_row(**event) for event in audit_events],
+    )
     retrying = AsyncRetrying(
-        retry=retry_if_exception(_database_unavailable),
-        stop=stop_after_delay(RECORD_RETRY_SECONDS),
+        retry=retry_if_exception(database_unavailable),
+        stop=stop_after_delay(retry_seconds),
         wait=wait_exponential(multiplier=0.1, max=1.0),
         reraise=True,
     )
-    async for attempt in retrying:
-        with attempt:
-            try:
-                await _record_once(
-                    engine,
-                    lineage_row=lineage_row,
-                    billing_row=billing_row,
-                    reservation=reservation,
-                    actual_micros=actual_micros,
-                    audit_rows=audit_rows,
-                )
-            except IntegrityError:
-                if attempt.retry_state.attempt_number == 1:
-                    raise
+    try:
+        async for attempt in retrying:
+            with attempt:
+                try:
+                    await _record_once(engine, record)
+                except IntegrityError:
+                    if attempt.retry_state.attempt_number == 1:
+                        raise
+    except Exception as exc:
+        if journal is None or not database_unavailable(exc):
+            raise
+        try:
+            path = await asyncio.to_thread(journal.keep, record)
+        except OSError:
+            logger.exception("invocation.record_lost invocation_id=%s", record.invocation_id)
+            raise exc from None
+        logger.warning(
+            "invocation.record_deferred invocation_id=%s file=%s error=%s",
+            record.invocation_id,
+            path.name,
+            type(exc).__name__,
+        )
+        return False
+    return True
 
 
-async def _record_once(
-    engine: AsyncEngine,
-    *,
-    lineage_row: dict[str, Any],
-    billing_row: dict[str, Any] | None,
-    reservation: Reservation | None,
-    actual_micros: int | None,
-    audit_rows: list[dict[str, Any]],
-) -> None:
+async def _record_once(engine: AsyncEngine, record: InvocationRecord) -> None:
     async with engine.begin() as connection:
-        await connection.execute(LINEAGE_INSERT, lineage_row)
-        if billing_row is not None:
-            await connection.execute(BILLING_INSERT, billing_row)
-        if reservation is not None:
-            if actual_micros is None:
+        await connection.execute(LINEAGE_INSERT, record.lineage_row)
+        if record.billing_row is not None:
+            await connection.execute(BILLING_INSERT, record.billing_row)
+        if record.reservation is not None:
+            reservation = Reservation.from_dict(record.reservation)
+            if record.actual_micros is None:
                 await release(connection, reservation=reservation)
             else:
-                await settle(connection, reservation=reservation, actual_micros=actual_micros)
-        await insert_audit_rows(connection, audit_rows)
+                await settle(connection, reservation=reservation, actual_micros=record.actual_micros)
+        await insert_audit_rows(connection, record.audit_rows)
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    recorded: int = 0
+    # Found in the database already: the file was deleted, nothing written twice.
+    already_recorded: int = 0
+    refused: int = 0
+    # Left for the next replay, the database still unreachable.
+    waiting: int = 0
+
+
+async def _lineage_exists(engine: AsyncEngine, invocation_id: str) -> bool:
+    async with autocommit(engine).connect() as connection:
+        found = await connection.execute(sa.select(lineage.c.id).where(lineage.c.id == invocation_id))
+        return found.first() is not None
+
+
+async def _reachable(engine: AsyncEngine) -> bool:
+    try:
+        await ping(engine)
+    except Exception as exc:
+        if database_unavailable(exc):
+            return False
+        raise
+    return True
+
+
+async def replay_unrecorded(engine: AsyncEngine, journal: UnrecordedJournal) -> ReplayReport:
+    """Write the journal's records, oldest first; stop at the first sign the database is still unreachable."""
+    recorded = already = refused = 0
+    files = journal.pending()
+    for index, path in enumerate(files):
+        record = journal.read(path)
+        if record is None:
+            continue
+        try:
+            await _record_once(engine, record)
+        except IntegrityError:
+            if await _lineage_exists(engine, record.invocation_id):
+                already += 1
+                journal.forget(path)
+            else:
+                refused += 1
+                journal.refuse(path, "the database refused it (IntegrityError)")
+            continue
+        except Exception as exc:
+            if database_unavailable(exc) and not await _reachable(engine):
+                return ReplayReport(recorded, already, refused, waiting=len(files) - index)
+            # The database answers, so it is this record it will not take; it must not hold up the others.
+            refused += 1
+            journal.refuse(path, f"the database refused it ({type(exc).__name__})")
+            continue
+        recorded += 1
+        journal.forget(path)
+    return ReplayReport(recorded, already, refused)
+
+
+async def keep_replaying(
+    engine: AsyncEngine, journal: UnrecordedJournal, *, every_seconds: float = REPLAY_INTERVAL_SECONDS
+) -> None:
+    """Replay the journal every `every_seconds`, for as long as the app runs."""
+    while True:
+        try:
+            report = await replay_unrecorded(engine, journal)
+        except Exception:
+            logger.exception("invocation.replay_failed")
+        else:
+            if report.recorded or report.already_recorded or report.refused:
+                logger.warning(
+                    "invocation.replayed recorded=%d already_recorded=%d refused=%d waiting=%d",
+                    report.recorded,
+                    report.already_recorded,
+                    report.refused,
+                    report.waiting,
+                )
+        await asyncio.sleep(every_seconds)

@@ -47,6 +47,7 @@ class InvocationDependencies:
     options: Any
     token_cache: Any
     alert_channel_name: str
+    journal: Any
 
 
 def build_invocation_workflow(deps: InvocationDependencies) -> Workflow:
@@ -71,7 +72,7 @@ def build_invocation_workflow(deps: InvocationDependencies) -> Workflow:
             "token_cache": deps.token_cache,
             "channel_name": deps.alert_channel_name,
         },
-        "record": {"engine": deps.engine},
+        "record": {"engine": deps.engine, "journal": deps.journal},
     }
     builder = WorkflowBuilder()
     for node_type, node_id in STEPS:

@@ -1,0 +1,270 @@
+"""Records the database could not take in time: kept on local disk, then written once, on SQLite and PostgreSQL.
+
+The database that "went away" is a real PostgreSQL address nothing listens on (127.0.0.1:1): connecting is
+refused at once, as during a restart. The database the records are replayed into is the gateway's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from models import TABLES
+from money import to_micros
+from stores.budgets import BudgetLimits, Reservation, current_spend, reserve
+from stores.invocations import record_invocation, replay_unrecorded
+from stores.unrecorded import UnrecordedJournal
+from tests.integration.test_invoke_api import invoke, register
+
+NOW = datetime.now(UTC)
+ROOMY = BudgetLimits(daily_micros=to_micros(100), monthly_micros=to_micros(1000))
+
+
+@pytest.fixture
+async def gone() -> AsyncEngine:
+    engine = create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:1/gone")
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def engine(gateway) -> AsyncEngine:
+    return gateway.external_agents.engine
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> UnrecordedJournal:
+    return UnrecordedJournal(tmp_path / "unrecorded")
+
+
+def rows_for(agent_id: str, invocation_id: str) -> dict:
+    ended = NOW + timedelta(milliseconds=250)
+    return {
+        "lineage_row": {
+            "id": invocation_id,
+            "external_user_id": "u-1",
+            "external_user_email": "ada@example.com",
+            "external_user_name": None,
+            "external_system": "tests",
+            "external_session_id": "s-1",
+            "external_trace_id": None,
+            "external_context": {"environment": "prod"},
+            "api_key_id": "k-1",
+            "organization_id": "org-journal",
+            "external_agent_id": agent_id,
+            "external_agent_name": "journalled",
+            "platform": "custom_http",
+            "trace_id": f"trc_{uuid.uuid4().hex}",
+            "workflow_id": None,
+            "input": {"text": "DELETE FROM x; ${agent_id}", "ratio": 0.1, "big": 10**30},
+            "output": {"answer": 42},
+            "status": "success",
+            "denial_reason": None,
+            "cost_usd": 0.02,
+            "duration_ms": 250.0,
+            "webhook_delivery_status": "delivered",
+            "webhook_delivery_error": None,
+            "webhook_attempts": 1,
+            "request_timestamp": NOW,
+            "response_timestamp": ended,
+        },
+        "billing_row": {
+            "id": invocation_id,
+            "organization_id": "org-journal",
+            "usage_type": "external_agent_invocation",
+            "quantity": 1.0,
+            "cost_usd": 0.02,
+            "external_agent_id": agent_id,
+        },
+        "audit_events": [
+            {
+                "event_type": "external_agent.invoked",
+                "organization_id": "org-journal",
+                "actor_id": "k-1",
+                "resource_type": "external_agent",
+                "resource_id": agent_id,
+                "details": {"invocation_id": invocation_id},
+            }
+        ],
+    }
+
+
+async def reserved(engine: AsyncEngine, agent_id: str) -> Reservation:
+    outcome = await reserve(engine, agent_id=agent_id, amount_micros=to_micros(0.05), limits=ROOMY, now=NOW)
+    assert isinstance(outcome, Reservation)
+    return outcome
+
+
+async def record(engine: AsyncEngine, agent_id: str, invocation_id: str, reservation: Reservation, **kw) -> bool:
+    return await record_invocation(
+        engine, reservation=reservation, actual_micros=to_micros(0.02), **rows_for(agent_id, invocation_id), **kw
+    )
+
+
+async def select(engine: AsyncEngine, sql: str, **params) -> list[dict]:
+    async with engine.connect() as connection:
+        return [dict(r._mapping) for r in (await connection.execute(sa.text(sql), params)).all()]
+
+
+async def recorded_rows(engine: AsyncEngine, agent_id: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """The agent's lineage, billing and audit rows, read through the tables so values come back typed."""
+    lineage, billing, audit = TABLES["invocation_lineage"], TABLES["billing_usage"], TABLES["audit_log"]
+    queries = (
+        sa.select(lineage).where(lineage.c.external_agent_id == agent_id),
+        sa.select(billing).where(billing.c.external_agent_id == agent_id),
+        sa.select(audit).where(audit.c.resource_id == agent_id),
+    )
+    async with engine.connect() as connection:
+        found = [[dict(r._mapping) for r in (await connection.execute(q)).all()] for q in queries]
+    return found[0], found[1], found[2]
+
+
+async def test_an_unreachable_database_sends_the_record_to_the_journal(gone, engine, journal):
+    agent_id, invocation_id = str(uuid.uuid4()), str(uuid.uuid4())
+    reservation = await reserved(engine, agent_id)
+
+    written = await record(gone, agent_id, invocation_id, reservation, journal=journal, retry_seconds=0.3)
+
+    assert written is False
+    [path] = journal.pending()
+    assert path.name == f"{invocation_id}.json"
+    assert json.loads(path.read_text())["lineage_row"]["input"]["big"] == 10**30
+    assert [p.name for p in journal.directory.iterdir()] == [path.name]  # no temporary file left
+    assert path.stat().st_mode & 0o777 == 0o600 and journal.directory.stat().st_mode & 0o777 == 0o700
+    assert await recorded_rows(engine, agent_id) == ([], [], [])
+
+
+async def test_without_a_journal_the_database_error_is_raised(gone, engine):
+    agent_id = str(uuid.uuid4())
+    reservation = await reserved(engine, agent_id)
+
+    with pytest.raises(OSError):
+        await record(gone, agent_id, str(uuid.uuid4()), reservation, retry_seconds=0.3)
+
+
+async def test_replay_writes_the_record_exactly_as_it_would_have_been_written(gone, engine, journal):
+    agent_id, invocation_id = str(uuid.uuid4()), str(uuid.uuid4())
+    reservation = await reserved(engine, agent_id)
+    await record(gone, agent_id, invocation_id, reservation, journal=journal, retry_seconds=0.3)
+
+    report = await replay_unrecorded(engine, journal)
+
+    assert (report.recorded, report.already_recorded, report.refused, report.waiting) == (1, 0, 0, 0)
+    assert journal.pending() == []
+    [lineage], [billing], [audit] = await recorded_rows(engine, agent_id)
+    assert lineage["id"] == invocation_id and lineage["status"] == "success"
+    assert lineage["input"] == {"text": "DELETE FROM x; ${agent_id}", "ratio": 0.1, "big": 10**30}
+    ended = NOW + timedelta(milliseconds=250)
+    assert lineage["response_timestamp"] == ended
+    # Dated when the invocation ended, not when the replay got through.
+    assert billing["created_at"] == ended and audit["created_at"] == ended
+    assert billing["cost_usd"] == 0.02
+    spend = await current_spend(engine, agent_id=agent_id, now=NOW)
+    assert (spend.day_spent_micros, spend.month_spent_micros, spend.day_executions) == (20_000, 20_000, 1)
+
+
+async def test_concurrent_replays_write_each_record_once(gone, engine, journal):
+    agent_id = str(uuid.uuid4())
+    ids = [str(uuid.uuid4()) for _ in range(5)]
+    for invocation_id in ids:
+        reservation = await reserved(engine, agent_id)
+        await record(gone, agent_id, invocation_id, reservation, journal=journal, retry_seconds=0.1)
+    assert len(journal.pending()) == 5
+
+    reports = await asyncio.gather(*(replay_unrecorded(engine, journal) for _ in range(3)))
+
+    assert sum(r.recorded for r in reports) == 5
+    assert sum(r.refused for r in reports) == 0
+    lineage, billing, _audit = await recorded_rows(engine, agent_id)
+    assert sorted(r["id"] for r in lineage) == sorted(ids) and len(billing) == 5
+    spend = await current_spend(engine, agent_id=agent_id, now=NOW)
+    assert (spend.day_spent_micros, spend.day_executions) == (5 * 20_000, 5)
+    assert journal.pending() == []
+
+
+async def test_a_record_already_committed_is_not_written_twice(engine, journal):
+    agent_id, invocation_id = str(uuid.uuid4()), str(uuid.uuid4())
+    reservation = await reserved(engine, agent_id)
+    # The commit went through but its answer was lost, so the same record was also journalled.
+    assert await record(engine, agent_id, invocation_id, reservation) is True
+    await record(
+        create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:1/gone"),
+        agent_id,
+        invocation_id,
+        reservation,
+        journal=journal,
+        retry_seconds=0.1,
+    )
+
+    report = await replay_unrecorded(engine, journal)
+
+    assert (report.recorded, report.already_recorded) == (0, 1)
+    lineage, billing, audit = await recorded_rows(engine, agent_id)
+    assert (len(lineage), len(billing), len(audit)) == (1, 1, 1)
+    spend = await current_spend(engine, agent_id=agent_id, now=NOW)
+    assert (spend.day_spent_micros, spend.day_executions) == (20_000, 1)
+    assert journal.pending() == []
+
+
+async def test_records_wait_while_the_database_is_still_away(gone, engine, journal):
+    agent_id = str(uuid.uuid4())
+    for _ in range(2):
+        await record(
+            gone, agent_id, str(uuid.uuid4()), await reserved(engine, agent_id), journal=journal, retry_seconds=0.1
+        )
+
+    report = await replay_unrecorded(gone, journal)
+
+    assert (report.recorded, report.waiting) == (0, 2)
+    assert len(journal.pending()) == 2
+
+
+async def test_a_record_the_database_refuses_is_set_aside_and_the_rest_replayed(gone, engine, journal, caplog):
+    agent_id = str(uuid.uuid4())
+    good, bad = str(uuid.uuid4()), str(uuid.uuid4())
+    await record(gone, agent_id, good, await reserved(engine, agent_id), journal=journal, retry_seconds=0.1)
+    await record(gone, agent_id, bad, await reserved(engine, agent_id), journal=journal, retry_seconds=0.1)
+    broken = json.loads((journal.directory / f"{bad}.json").read_text())
+    broken["lineage_row"]["status"] = None  # NOT NULL: refused every time, never a reason to retry
+    (journal.directory / f"{bad}.json").write_text(json.dumps(broken))
+    (journal.directory / "truncated.json").write_text('{"version": 1, "lineage_row": {')
+
+    report = await replay_unrecorded(engine, journal)
+
+    assert (report.recorded, report.refused) == (1, 1)
+    assert journal.pending() == []
+    assert sorted(p.name for p in journal.refused_directory.iterdir()) == sorted([f"{bad}.json", "truncated.json"])
+    lineage, _billing, _audit = await recorded_rows(engine, agent_id)
+    assert [r["id"] for r in lineage] == [good]
+    assert "invocation.record_refused" in caplog.text
+
+
+async def test_the_running_app_replays_what_it_finds_in_its_journal(gateway, client, org, platform_server, gone):
+    """The app's own background task: a record journalled while the database was away reaches lineage."""
+    agent = await register(client, org, platform_server, name=f"journal-{uuid.uuid4().hex[:6]}")
+    engine = gateway.external_agents.engine
+    invocation_id = str(uuid.uuid4())
+    await record(
+        gone,
+        agent["id"],
+        invocation_id,
+        await reserved(engine, agent["id"]),
+        journal=gateway.external_agents.journal,
+        retry_seconds=0.1,
+    )
+    assert (await invoke(client, org, agent["id"])).status_code == 200
+
+    for _ in range(80):  # the task looks every 5 s
+        if await select(engine, "SELECT id FROM invocation_lineage WHERE id = :i", i=invocation_id):
+            break
+        await asyncio.sleep(0.1)
+
+    assert await select(engine, "SELECT id FROM invocation_lineage WHERE id = :i", i=invocation_id)
+    assert gateway.external_agents.journal.pending() == []

@@ -1,6 +1,7 @@
 """PostgreSQL stopped mid-load and started again, on a private PostgreSQL instance of our own.
 
-Eight clients invoke one agent in a loop; PostgreSQL is stopped for two seconds and started again. Properties:
+Eight clients invoke one agent in a loop; PostgreSQL is stopped for two seconds (then, in a second test, for
+twelve: longer than a record's retries) and started again. Properties:
 - requests during the outage get 503 with a clear detail, never a 500, and none hangs past the bound
   (the webhook timeout plus slack; a refused database connection fails at once);
 - service resumes after the restart;
@@ -9,7 +10,8 @@ Eight clients invoke one agent in a loop; PostgreSQL is stopped for two seconds 
   is recorded as delivered that the platform never received. The budget counters are compared with billing.
 
 The platform answers after 50 ms, so some invocations are inside their delivery when the database goes away:
-the case where delivery succeeded and the record that follows cannot be written.
+the case where delivery succeeded and the record that follows cannot be written. In the long outage those
+records wait in the app's journal on disk and are written once PostgreSQL is back.
 
 Run: pytest tests/faults/test_postgres_faults.py -s
 """
@@ -28,6 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
+from stores.invocations import RECORD_RETRY_SECONDS
 from tests.faults.support import (
     HEADERS,
     SECRETS,
@@ -48,6 +51,8 @@ WEBHOOK_TIMEOUT_SECONDS = 2.0
 # No request may take longer than one delivery attempt plus this (a refused database connection fails at once).
 LATENCY_BOUND_SECONDS = WEBHOOK_TIMEOUT_SECONDS + 3.0
 OUTAGE_SECONDS = 2.0
+# Longer than a record's retries (stores.invocations.RECORD_RETRY_SECONDS), so records go to the journal.
+LONG_OUTAGE_SECONDS = 12.0
 PLATFORM_DELAY_SECONDS = 0.05
 
 
@@ -94,30 +99,69 @@ async def loop(client: RoundRobin, agent_id: str, until: float, outcomes: list[O
         await asyncio.sleep(0.005)
 
 
-async def test_postgres_restart_mid_load_gives_503s_and_reconciles(stack, capsys):
+@dataclass
+class Run:
+    outcomes: list[Outcome]
+    statuses: Counter
+    delivered: list[str]
+    lineage: dict[str, str]
+    billed: set[str]
+    billed_micros: int
+    counted_micros: int
+    lines: list[str]
+
+    @property
+    def unrecorded_ok(self) -> list[str]:
+        succeeded = [o.invocation_id for o in self.outcomes if o.status == 200]
+        return [i for i in succeeded if self.lineage.get(i) != "success" or i not in self.billed]
+
+    @property
+    def delivered_unrecorded(self) -> list[str]:
+        return sorted(set(self.delivered) - set(self.lineage))
+
+    @property
+    def recorded_undelivered(self) -> list[str]:
+        return sorted(i for i, status in self.lineage.items() if status == "success" and i not in self.delivered)
+
+    @property
+    def duplicates(self) -> list[str]:
+        return [i for i, n in Counter(self.delivered).items() if n > 1]
+
+
+def journalled(stack: dict[str, Any]) -> list[Path]:
+    return sorted((Path(stack["log_dir"]) / "unrecorded").glob("*.json"))
+
+
+async def outage_under_load(stack: dict[str, Any], path: str, outage_seconds: float) -> Run:
+    """Eight clients invoke in a loop; PostgreSQL stops for `outage_seconds` and starts again; once the journal
+    has drained (records it kept during the outage), everything is read back."""
     platform: PlatformServer = stack["platform"]
     database: str = stack["database"]
-    path = "/pg-load"
     platform.script(path, *[ScriptedResponse(200, body="ok", delay=PLATFORM_DELAY_SECONDS)] * 20_000)
     client = RoundRobin([stack["app"]], timeout=60)
     outcomes: list[Outcome] = []
     try:
         agent_id = await register(client, platform.base_url, path, **{**UNLIMITED, "cost_per_execution": 0.01})
         started = time.perf_counter()
-        until = started + 1.5 + OUTAGE_SECONDS + 3.0
+        until = started + 1.5 + outage_seconds + 3.0
         workers = [asyncio.create_task(loop(client, agent_id, until, outcomes)) for _ in range(8)]
         await asyncio.sleep(1.5)
         stopped_at = time.perf_counter() - started
         await asyncio.to_thread(stack["postgres"].stop)
-        await asyncio.sleep(OUTAGE_SECONDS)
+        await asyncio.sleep(outage_seconds)
         await asyncio.to_thread(stack["postgres"].start)
         restarted_at = time.perf_counter() - started
         await asyncio.gather(*workers)
     finally:
         await client.aclose()
+    kept = len(journalled(stack))
+    drain_started = time.perf_counter()
+    for _ in range(150):  # the app looks every 5 s; 30 s at most
+        if not journalled(stack):
+            break
+        await asyncio.sleep(0.2)
+    drained_in = time.perf_counter() - drain_started
 
-    statuses = Counter(o.status for o in outcomes)
-    delivered = [r.headers.get("X-Kaizen-Invocation-ID") for r in platform.requests(path)]
     lineage = dict(sql(database, "SELECT id, status FROM invocation_lineage WHERE external_agent_id = %s", agent_id))
     billed = {row[0] for row in sql(database, "SELECT id FROM billing_usage WHERE external_agent_id = %s", agent_id)}
     [(billed_micros,)] = sql(
@@ -128,42 +172,62 @@ async def test_postgres_restart_mid_load_gives_503s_and_reconciles(stack, capsys
     [(counted_micros,)] = sql(
         database, "SELECT coalesce(max(spent_micros), 0) FROM budget_counters WHERE external_agent_id = %s", agent_id
     )
-    succeeded = [o.invocation_id for o in outcomes if o.status == 200]
-    answered_503 = [o for o in outcomes if o.status == 503]
-    unrecorded_ok = [i for i in succeeded if lineage.get(i) != "success" or i not in billed]
-    delivered_unrecorded = sorted(set(delivered) - set(lineage))
-    recorded_undelivered = sorted(i for i, status in lineage.items() if status == "success" and i not in delivered)
-    duplicates = [i for i, n in Counter(delivered).items() if n > 1]
-    report(
-        capsys,
-        [
-            f"PostgreSQL stopped at {stopped_at:.1f} s for {OUTAGE_SECONDS:g} s (back at {restarted_at:.1f} s), "
-            f"8 clients looping; platform answers in {PLATFORM_DELAY_SECONDS * 1000:.0f} ms:",
-            f"responses {dict(statuses)}; latency {summary_ms([o.seconds for o in outcomes])}",
-            f"503 details: {sorted({o.body.get('detail') for o in answered_503})}",
-            f"platform deliveries {len(delivered)}, lineage rows {len(lineage)} {dict(Counter(lineage.values()))}, "
-            f"billing rows {len(billed)}",
-            f"2xx without lineage+billing: {len(unrecorded_ok)}; delivered but not recorded: "
-            f"{len(delivered_unrecorded)}; recorded success never delivered: {len(recorded_undelivered)}; "
-            f"delivered twice: {len(duplicates)}",
-            f"budget counter ${counted_micros / 1e6:.2f} against billed ${billed_micros / 1e6:.2f} "
-            f"(difference: reservations whose record was lost)",
-        ],
+    run = Run(
+        outcomes=outcomes,
+        statuses=Counter(o.status for o in outcomes),
+        delivered=[r.headers.get("X-Kaizen-Invocation-ID") for r in platform.requests(path)],
+        lineage=lineage,
+        billed=billed,
+        billed_micros=billed_micros,
+        counted_micros=counted_micros,
+        lines=[],
     )
-    assert statuses[500] == 0 and statuses[0] == 0, statuses
-    assert set(statuses) <= {200, 503}, statuses
+    run.lines = [
+        f"PostgreSQL stopped at {stopped_at:.1f} s for {outage_seconds:g} s (back at {restarted_at:.1f} s), "
+        f"8 clients looping; platform answers in {PLATFORM_DELAY_SECONDS * 1000:.0f} ms:",
+        f"responses {dict(run.statuses)}; latency {summary_ms([o.seconds for o in outcomes])}",
+        f"503 details: {sorted({o.body.get('detail') for o in outcomes if o.status == 503})}",
+        f"records kept on disk during the outage: {kept}, written {drained_in:.1f} s after the load ended",
+        f"platform deliveries {len(run.delivered)}, lineage rows {len(lineage)} {dict(Counter(lineage.values()))}, "
+        f"billing rows {len(billed)}",
+        f"2xx without lineage+billing: {len(run.unrecorded_ok)}; delivered but not recorded: "
+        f"{len(run.delivered_unrecorded)}; recorded success never delivered: {len(run.recorded_undelivered)}; "
+        f"delivered twice: {len(run.duplicates)}",
+        f"budget counter ${counted_micros / 1e6:.2f} against billed ${billed_micros / 1e6:.2f}",
+    ]
+    return run
+
+
+def assert_reconciled(run: Run) -> None:
+    assert run.statuses[500] == 0 and run.statuses[0] == 0, run.statuses
+    assert set(run.statuses) <= {200, 503}, run.statuses
+    answered_503 = [o for o in run.outcomes if o.status == 503]
     assert answered_503, "the outage was not observed: no request got a 503"
     assert all(o.body["error_code"] == "SERVICE_UNAVAILABLE" and "database" in o.body["detail"] for o in answered_503)
-    assert max(o.seconds for o in outcomes) <= LATENCY_BOUND_SECONDS
-    assert any(o.status == 200 for o in outcomes[-20:]), "service did not resume after the restart"
-    assert not unrecorded_ok, unrecorded_ok[:5]
-    assert not recorded_undelivered and not duplicates
-    # A delivery whose record failed is invisible to lineage, billing and the caller (who got a 503).
-    assert not delivered_unrecorded, (
-        f"{len(delivered_unrecorded)} invocations reached the platform but have no lineage or billing row "
-        f"(delivered, then the record transaction failed): {delivered_unrecorded[:5]}"
+    assert any(o.status == 200 for o in run.outcomes[-20:]), "service did not resume after the restart"
+    assert not run.unrecorded_ok, run.unrecorded_ok[:5]
+    assert not run.recorded_undelivered and not run.duplicates
+    assert not run.delivered_unrecorded, (
+        f"{len(run.delivered_unrecorded)} invocations reached the platform but have no lineage or billing row: "
+        f"{run.delivered_unrecorded[:5]}"
     )
-    assert counted_micros == billed_micros
+    assert run.counted_micros == run.billed_micros
+
+
+async def test_postgres_restart_mid_load_gives_503s_and_reconciles(stack, capsys):
+    run = await outage_under_load(stack, "/pg-load", OUTAGE_SECONDS)
+    report(capsys, run.lines)
+    assert_reconciled(run)
+    assert max(o.seconds for o in run.outcomes) <= LATENCY_BOUND_SECONDS
+
+
+async def test_an_outage_longer_than_the_record_retries_is_recorded_from_the_journal(stack, capsys):
+    """Deliveries in flight when PostgreSQL went away outlast the record's retries: their records wait on disk,
+    the callers get their 200, and the app writes the records once PostgreSQL is back."""
+    run = await outage_under_load(stack, "/pg-long", LONG_OUTAGE_SECONDS)
+    report(capsys, run.lines)
+    assert_reconciled(run)
+    assert max(o.seconds for o in run.outcomes) <= RECORD_RETRY_SECONDS + LATENCY_BOUND_SECONDS
 
 
 def test_no_server_log_holds_a_secret(stack):

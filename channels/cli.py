@@ -10,7 +10,8 @@ the REST API and print the same results, in one of two modes:
   that organisation (recorded as actor "cli-operator"); `--org` wins over a key;
 - against a running gateway with `--url` (or KAIZEN_URL) and the key, over HTTP.
 `--json` prints the API's JSON response (on a refusal, its error body) for scripts; otherwise tables.
-`lineage ...` (channels/lineage_cli.py) runs in-process with `--org` only.
+`lineage list|graph` (channels/lineage_cli.py) work the same way; `lineage export` and `lineage retention`
+run in-process only, with `--org` for export.
 
 Exit codes: 0 done; 1 the operation failed (a permission refusal, a conflict, a failed delivery, a fault);
 2 bad arguments or configuration (invalid JSON, a missing option, a value the API refuses, an invalid key);
@@ -31,6 +32,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from channels.cli_options import ApiKey, Org, Url
 from channels.lineage_cli import lineage_app
 
 if TYPE_CHECKING:
@@ -71,24 +73,6 @@ EXIT_CONFIG = 2
 EXIT_NOT_FOUND = 3
 EXIT_DENIED = 4
 
-# Where to run a gateway command, and as whom (see the module docstring).
-Url = Annotated[
-    str | None,
-    typer.Option(
-        "--url",
-        envvar="KAIZEN_URL",
-        help="A running gateway's base URL; without it, run in-process.",
-        show_default=False,
-    ),
-]
-ApiKey = Annotated[
-    str | None,
-    typer.Option("--api-key", envvar="KAIZEN_API_KEY", help="The API key to act with.", show_default=False),
-]
-Org = Annotated[
-    str | None,
-    typer.Option("--org", help="In-process, without a key: act as an admin of this organisation.", show_default=False),
-]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the API's JSON response, for scripts.")]
 JSON_HELP = "JSON, or @FILE to read it from a file"
 

@@ -1,9 +1,10 @@
-"""The `lineage` commands of the command line: list, graph and export run the same workflows as the REST API,
-in-process against the configured database; `retention run` archives and deletes old rows with a progress bar.
+"""The `lineage` commands of the command line: list, graph and export run the same workflows as the REST API;
+`retention run` archives and deletes old rows with a progress bar.
 
-The command line is the operator's channel: it names the organisation with `--org` instead of presenting an
-API key. Heavy packages are imported inside the commands, so `--help` answers at once. Exit codes as in
-channels/cli.py: 0 done, 1 the operation failed, 2 bad configuration or arguments.
+`list` and `graph` run where the gateway commands do (channels/cli.py): in-process with `--api-key` or
+`--org`, or against a running gateway with `--url` and `--api-key`. `export` streams from the configured
+database in-process, for the organisation `--org` names; `retention` is the operator's, in-process. Heavy
+packages are imported inside the commands, so `--help` answers at once. Exit codes as in channels/cli.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from channels.cli_options import ApiKey, Org, Url
 
 if TYPE_CHECKING:
     from kailash.workflow import Workflow
@@ -33,7 +36,7 @@ lineage_app.add_typer(retention_app, name="retention")
 # Work done with the engine after the workflow ran, before the engine is closed (an export's stream).
 AfterRun = Callable[["AsyncEngine", dict[str, Any]], Awaitable[None]]
 
-Org = Annotated[str, typer.Option("--org", help="The organisation whose lineage to read.")]
+ExportOrg = Annotated[str, typer.Option("--org", help="The organisation whose lineage to export.")]
 AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 UserEmail = Annotated[str | None, typer.Option("--user-email", help="Only this external user's invocations.")]
 AgentId = Annotated[str | None, typer.Option("--agent-id", help="Only this agent's invocations.")]
@@ -105,7 +108,6 @@ def _execute(
 
 @lineage_app.command("list")
 def list_command(
-    org: Org,
     user_email: UserEmail = None,
     agent_id: AgentId = None,
     status: Status = None,
@@ -115,14 +117,16 @@ def list_command(
     end_date: End = None,
     page: Annotated[int, typer.Option(min=1, help="Page number.")] = 1,
     limit: Annotated[int, typer.Option(min=1, max=100, help="Rows per page.")] = 20,
+    url: Url = None,
+    api_key: ApiKey = None,
+    org: Org = None,
     as_json: AsJson = False,
 ) -> None:
     """List invocations, newest first."""
     from rich.table import Table
     from rich.text import Text
 
-    from channels.cli import console
-    from workflows.lineage import LIST_NODE
+    from channels.cli import call, console, emit_json, target
 
     filters = _filters(
         user_email=user_email,
@@ -133,10 +137,10 @@ def list_command(
         start_date=start_date,
         end_date=end_date,
     )
-    inputs = {"caller": _caller(org), "filters": filters, "page": page, "limit": limit}
-    listing = _execute(pick=lambda w: w.list, node_id=LIST_NODE, inputs=inputs)["page_of_lineage"]
+    where = target(url=url, api_key=api_key, org=org)
+    listing = call(where, lambda gw: gw.list_lineage(filters=filters, page=page, limit=limit), as_json=as_json)
     if as_json:
-        sys.stdout.write(json.dumps(listing, ensure_ascii=False) + "\n")
+        emit_json(listing)
         return
     table = Table("time", "invocation", "agent", "platform", "status", "cost (USD)", "user")
     for item in listing["items"]:
@@ -162,20 +166,21 @@ def list_command(
 
 @lineage_app.command("graph")
 def graph_command(
-    org: Org,
     session_id: Annotated[str | None, typer.Option("--session-id", help="All invocations of a session.")] = None,
     trace_id: Annotated[str | None, typer.Option("--trace-id", help="An invocation by its trace id.")] = None,
     invocation_id: Annotated[str | None, typer.Option("--invocation-id", help="An invocation by its id.")] = None,
     workflow_id: Annotated[str | None, typer.Option("--workflow-id", help="All invocations of a workflow.")] = None,
     depth: Annotated[int, typer.Option(min=0, max=100, help="Hops from the selection.")] = 10,
+    url: Url = None,
+    api_key: ApiKey = None,
+    org: Org = None,
     as_json: AsJson = False,
 ) -> None:
     """Show the invocation graph around a session, trace, invocation or workflow."""
     from rich.text import Text
     from rich.tree import Tree
 
-    from channels.cli import console
-    from workflows.lineage import GRAPH_NODE
+    from channels.cli import call, console, emit_json, target
 
     selectors = {
         "session_id": session_id,
@@ -183,10 +188,10 @@ def graph_command(
         "invocation_id": invocation_id,
         "workflow_id": workflow_id,
     }
-    inputs = {"caller": _caller(org), "selectors": selectors, "depth": depth}
-    graph = _execute(pick=lambda w: w.graph, node_id=GRAPH_NODE, inputs=inputs)["graph"]
+    where = target(url=url, api_key=api_key, org=org)
+    graph = call(where, lambda gw: gw.lineage_graph(selectors=selectors, depth=depth), as_json=as_json)
     if as_json:
-        sys.stdout.write(json.dumps(graph, ensure_ascii=False) + "\n")
+        emit_json(graph)
         return
     children: dict[str, list[dict[str, Any]]] = {}
     with_parent = set()
@@ -226,7 +231,7 @@ def graph_command(
 
 @lineage_app.command("export")
 def export_command(
-    org: Org,
+    org: ExportOrg,
     export_format: Annotated[str, typer.Option("--format", help="json, csv or openlineage.")] = "json",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
     user_email: UserEmail = None,

@@ -148,8 +148,14 @@ async def test_seed_smoke_tests_against_a_real_server_with_url(tmp_path, platfor
         env: dict[str, str | None] = {"KAIZEN_URL": base_url, "KAIZEN_API_KEY": BENCH_API_KEY, "DATABASE_URL": None}
         smoke = await seed_smoke_tests(env, platform_server)
         record = ok_json(await cli(env, "agents", "get", smoke["agent"]["id"], "--json"))
+        lineage = ok_json(await cli(env, "lineage", "list", "--user-email", "test@example.com", "--json"))
+        graph = ok_json(
+            await cli(env, "lineage", "graph", "--invocation-id", smoke["invocation"]["invocation_id"], "--json")
+        )
         wrong_key = await cli({**env, "KAIZEN_API_KEY": "eak_wrong"}, "agents", "list")
     assert record["id"] == smoke["agent"]["id"] and record["governance"]["monthly_spent_usd"] == 0.0
+    assert [item["invocation_id"] for item in lineage["items"]] == [smoke["invocation"]["invocation_id"]]
+    assert [node["id"] for node in graph["nodes"]] == [smoke["invocation"]["invocation_id"]]
     assert wrong_key.exit_code == 2 and "Invalid or revoked API key" in one_line_error(wrong_key)
     unreachable = await cli(env, "agents", "list")  # the server has stopped
     assert unreachable.exit_code == 1 and "Cannot reach the gateway" in one_line_error(unreachable)
@@ -344,6 +350,13 @@ async def test_lineage_commands_are_registered(gateway, org, client, platform_se
     )
     listing = ok_json(await cli(env, "lineage", "list", "--org", org.organization_id, "--json"))
     assert [item["invocation_id"] for item in listing["items"]] == [invoked["invocation_id"]]
+    with_key = ok_json(await cli(env, "lineage", "list", "--api-key", org.api_key, "--json"))
+    assert with_key == listing
+    table = await cli(env, "lineage", "graph", "--trace-id", invoked["trace_id"], "--api-key", org.api_key)
+    assert table.exit_code == 0 and invoked["invocation_id"] in table.stdout and "1 nodes" in table.stdout
+    other = await new_org(gateway)
+    hidden = ok_json(await cli(env, "lineage", "list", "--api-key", other.api_key, "--json"))
+    assert hidden["items"] == [] and hidden["total"] == 0
 
 
 async def test_user_text_is_shown_as_typed(gateway, org, client, platform_server):

@@ -718,7 +718,8 @@ async def test_cli_lists_graphs_and_exports_through_the_same_workflows(gateway, 
     none = await cli("graph", "--org", org.organization_id)
     assert none.exit_code == 2 and "Give exactly one of" in none.stderr
     missing = await cli("graph", "--org", org.organization_id, "--trace-id", "no-such-trace")
-    assert missing.exit_code == 1 and "No invocation with trace_id" in missing.stderr
+    # As for every gateway command, not found is exit code 3.
+    assert missing.exit_code == 3 and "No invocation with trace_id" in missing.stderr
     naive = await cli("list", "--org", org.organization_id, "--start-date", "2025-01-01T00:00:00")
     assert naive.exit_code == 2 and "must include a time zone" in naive.stderr
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +23,7 @@ from models import TABLES
 from stores.audit import audit_row, insert_audit_rows
 from stores.budgets import Reservation, release, settle
 from stores.database import autocommit, database_unavailable, ping
+from stores.lineage import erased, erased_since
 from stores.unrecorded import InvocationRecord, UnrecordedJournal
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ BILLING_INSERT = billing.insert()
 RECORD_RETRY_SECONDS = 8.0
 # How often each app process looks for journalled records to write.
 REPLAY_INTERVAL_SECONDS = 5.0
+ERASURE_CLOCK_MARGIN = timedelta(seconds=2)
 
 
 async def record_invocation(
@@ -147,6 +150,21 @@ async def _lineage_exists(engine: AsyncEngine, invocation_id: str) -> bool:
         return found.first() is not None
 
 
+async def _honouring_erasures(engine: AsyncEngine, record: InvocationRecord) -> InvocationRecord:
+    """The record, its personal fields erased if its user's lineage was erased after the invocation began.
+
+    A live record is written within seconds; a journalled one may wait long enough for an erasure to happen
+    in between, and writing it as it was would bring the erased data back.
+    """
+    row = record.lineage_row
+    email = row.get("external_user_email")
+    # SQLite dates rows to the second, and app and database clocks differ a little: in doubt, erase.
+    since = row["request_timestamp"] - ERASURE_CLOCK_MARGIN
+    if not email or not await erased_since(engine, organization_id=row["organization_id"], email=email, since=since):
+        return record
+    return replace(record, lineage_row=erased(row))
+
+
 async def _reachable(engine: AsyncEngine) -> bool:
     try:
         await ping(engine)
@@ -166,7 +184,7 @@ async def replay_unrecorded(engine: AsyncEngine, journal: UnrecordedJournal) -> 
         if record is None:
             continue
         try:
-            await _record_once(engine, record)
+            await _record_once(engine, await _honouring_erasures(engine, record))
         except IntegrityError:
             if await _lineage_exists(engine, record.invocation_id):
                 already += 1

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import TABLES
 from stores.audit import audit_row, insert_audit_rows
+from stores.database import autocommit
 
 lineage = TABLES["invocation_lineage"]
 
@@ -56,6 +57,7 @@ GRAPH_COLUMNS = (
 )
 
 ERASURE_EVENT = "lineage.user_erased"
+_ERASED_VALUES = {name: REDACTED for name in (*PERSONAL_TEXT_COLUMNS, *PERSONAL_JSON_COLUMNS)}
 PATH_TYPE = postgresql.ARRAY(sa.Text)
 
 
@@ -382,11 +384,12 @@ async def erase_user_lineage(engine: AsyncEngine, *, organization_id: str, email
     The erasure and its audit record commit together: an erasure is never left unrecorded, and a failed
     audit write leaves the data as it was for the caller to retry.
     """
-    values = {name: REDACTED for name in (*PERSONAL_TEXT_COLUMNS, *PERSONAL_JSON_COLUMNS)}
     digest = email_digest(email)
     async with engine.begin() as connection:
         result = await connection.execute(
-            lineage.update().where(lineage.c.organization_id == organization_id, _email_matches(email)).values(values)
+            lineage.update()
+            .where(lineage.c.organization_id == organization_id, _email_matches(email))
+            .values(_ERASED_VALUES)
         )
         erased = result.rowcount
         event = audit_row(
@@ -399,3 +402,21 @@ async def erase_user_lineage(engine: AsyncEngine, *, organization_id: str, email
         )
         await insert_audit_rows(connection, [event])
     return erased
+
+
+async def erased_since(engine: AsyncEngine, *, organization_id: str, email: str, since: datetime) -> bool:
+    """Whether the organisation erased this email's lineage at or after `since` (its audit log says so)."""
+    audit_log = TABLES["audit_log"]
+    query = sa.select(audit_log.c.id).where(
+        audit_log.c.organization_id == organization_id,
+        audit_log.c.event_type == ERASURE_EVENT,
+        audit_log.c.resource_id == email_digest(email),
+        audit_log.c.created_at >= since,
+    )
+    async with autocommit(engine).connect() as connection:
+        return (await connection.execute(query.limit(1))).first() is not None
+
+
+def erased(row: dict[str, Any]) -> dict[str, Any]:
+    """A lineage row as an erasure leaves it: personal fields [REDACTED], everything else kept."""
+    return {**row, **_ERASED_VALUES}

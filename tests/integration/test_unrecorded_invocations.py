@@ -20,6 +20,7 @@ from models import TABLES
 from money import to_micros
 from stores.budgets import BudgetLimits, Reservation, current_spend, reserve
 from stores.invocations import record_invocation, replay_unrecorded
+from stores.lineage import erase_user_lineage
 from stores.unrecorded import UnrecordedJournal
 from tests.integration.test_invoke_api import invoke, register
 
@@ -44,13 +45,13 @@ def journal(tmp_path: Path) -> UnrecordedJournal:
     return UnrecordedJournal(tmp_path / "unrecorded")
 
 
-def rows_for(agent_id: str, invocation_id: str) -> dict:
-    ended = NOW + timedelta(milliseconds=250)
+def rows_for(agent_id: str, invocation_id: str, *, at: datetime = NOW, email: str = "ada@example.com") -> dict:
+    ended = at + timedelta(milliseconds=250)
     return {
         "lineage_row": {
             "id": invocation_id,
             "external_user_id": "u-1",
-            "external_user_email": "ada@example.com",
+            "external_user_email": email,
             "external_user_name": None,
             "external_system": "tests",
             "external_session_id": "s-1",
@@ -72,7 +73,7 @@ def rows_for(agent_id: str, invocation_id: str) -> dict:
             "webhook_delivery_status": "delivered",
             "webhook_delivery_error": None,
             "webhook_attempts": 1,
-            "request_timestamp": NOW,
+            "request_timestamp": at,
             "response_timestamp": ended,
         },
         "billing_row": {
@@ -102,10 +103,11 @@ async def reserved(engine: AsyncEngine, agent_id: str) -> Reservation:
     return outcome
 
 
-async def record(engine: AsyncEngine, agent_id: str, invocation_id: str, reservation: Reservation, **kw) -> bool:
-    return await record_invocation(
-        engine, reservation=reservation, actual_micros=to_micros(0.02), **rows_for(agent_id, invocation_id), **kw
-    )
+async def record(
+    engine: AsyncEngine, agent_id: str, invocation_id: str, reservation: Reservation, *, row: dict | None = None, **kw
+) -> bool:
+    rows = rows_for(agent_id, invocation_id, **(row or {}))
+    return await record_invocation(engine, reservation=reservation, actual_micros=to_micros(0.02), **rows, **kw)
 
 
 async def select(engine: AsyncEngine, sql: str, **params) -> list[dict]:
@@ -244,6 +246,43 @@ async def test_a_record_the_database_refuses_is_set_aside_and_the_rest_replayed(
     lineage, _billing, _audit = await recorded_rows(engine, agent_id)
     assert [r["id"] for r in lineage] == [good]
     assert "invocation.record_refused" in caplog.text
+
+
+async def test_an_erasure_made_while_a_record_waited_applies_to_it(gone, engine, journal):
+    agent_id = str(uuid.uuid4())
+    email = f"erase-{uuid.uuid4().hex[:8]}@Example.com"
+    before, after = str(uuid.uuid4()), str(uuid.uuid4())
+    # Begun a moment before the erasure, within the same second (SQLite dates the erasure to the second).
+    await record(
+        gone,
+        agent_id,
+        before,
+        await reserved(engine, agent_id),
+        row={"email": email, "at": datetime.now(UTC)},
+        journal=journal,
+        retry_seconds=0.1,
+    )
+    await erase_user_lineage(engine, organization_id="org-journal", email=email.lower(), actor_id="k-1")
+    # An invocation that began after the erasure is a new record of this user, and stays as it is.
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    await record(
+        gone,
+        agent_id,
+        after,
+        await reserved(engine, agent_id),
+        row={"email": email, "at": later},
+        journal=journal,
+        retry_seconds=0.1,
+    )
+
+    report = await replay_unrecorded(engine, journal)
+
+    assert report.recorded == 2
+    lineage, billing, _audit = await recorded_rows(engine, agent_id)
+    by_id = {row["id"]: row for row in lineage}
+    assert by_id[before]["external_user_email"] == "[REDACTED]" and by_id[before]["input"] == "[REDACTED]"
+    assert by_id[before]["cost_usd"] == 0.02 and len(billing) == 2
+    assert by_id[after]["external_user_email"] == email and by_id[after]["input"]["ratio"] == 0.1
 
 
 async def test_the_running_app_replays_what_it_finds_in_its_journal(gateway, client, org, platform_server, gone):

@@ -118,11 +118,15 @@ class UnrecordedJournal:
         final = self.directory / f"{record.invocation_id}{SUFFIX}"
         temporary = self.directory / f".{record.invocation_id}.{uuid.uuid4().hex}.tmp"
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with open(descriptor, "w", encoding="utf-8") as file:
-            file.write(to_json(record))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, final)
+        try:
+            with open(descriptor, "w", encoding="utf-8") as file:
+                file.write(to_json(record))
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, final)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
         # The rename itself is durable only once the directory is.
         directory = os.open(self.directory, os.O_RDONLY)
         try:
@@ -144,7 +148,7 @@ class UnrecordedJournal:
             return from_json(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self.refuse(path, f"unreadable ({type(exc).__name__})")
             return None
 

@@ -151,6 +151,22 @@ async def test_without_a_journal_the_database_error_is_raised(gone, engine):
         await record(gone, agent_id, str(uuid.uuid4()), reservation, retry_seconds=0.3)
 
 
+async def test_a_journal_that_cannot_be_written_gives_the_database_error(gone, engine, tmp_path):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the journal's directory should be")
+    agent_id = str(uuid.uuid4())
+
+    with pytest.raises(ConnectionRefusedError):
+        await record(
+            gone,
+            agent_id,
+            str(uuid.uuid4()),
+            await reserved(engine, agent_id),
+            journal=UnrecordedJournal(blocked),
+            retry_seconds=0.1,
+        )
+
+
 async def test_replay_writes_the_record_exactly_as_it_would_have_been_written(gone, engine, journal):
     agent_id, invocation_id = str(uuid.uuid4()), str(uuid.uuid4())
     reservation = await reserved(engine, agent_id)
@@ -237,12 +253,15 @@ async def test_a_record_the_database_refuses_is_set_aside_and_the_rest_replayed(
     broken["lineage_row"]["status"] = None  # NOT NULL: refused every time, never a reason to retry
     (journal.directory / f"{bad}.json").write_text(json.dumps(broken))
     (journal.directory / "truncated.json").write_text('{"version": 1, "lineage_row": {')
+    (journal.directory / "not-an-object.json").write_text("[1, 2]")
 
     report = await replay_unrecorded(engine, journal)
 
     assert (report.recorded, report.refused) == (1, 1)
     assert journal.pending() == []
-    assert sorted(p.name for p in journal.refused_directory.iterdir()) == sorted([f"{bad}.json", "truncated.json"])
+    assert sorted(p.name for p in journal.refused_directory.iterdir()) == sorted(
+        [f"{bad}.json", "not-an-object.json", "truncated.json"]
+    )
     lineage, _billing, _audit = await recorded_rows(engine, agent_id)
     assert [r["id"] for r in lineage] == [good]
     assert "invocation.record_refused" in caplog.text

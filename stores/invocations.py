@@ -84,7 +84,7 @@ async def record_invocation(
     record = InvocationRecord(
         lineage_row=lineage_row,
         billing_row=billing_row,
-        reservation=reservation.to_dict() if reservation is not None else None,
+        reservation=reservation,
         actual_micros=actual_micros,
         audit_rows=[audit_row(**event) for event in audit_events],
     )
@@ -126,11 +126,10 @@ async def _record_once(engine: AsyncEngine, record: InvocationRecord) -> None:
         if record.billing_row is not None:
             await connection.execute(BILLING_INSERT, record.billing_row)
         if record.reservation is not None:
-            reservation = Reservation.from_dict(record.reservation)
             if record.actual_micros is None:
-                await release(connection, reservation=reservation)
+                await release(connection, reservation=record.reservation)
             else:
-                await settle(connection, reservation=reservation, actual_micros=record.actual_micros)
+                await settle(connection, reservation=record.reservation, actual_micros=record.actual_micros)
         await insert_audit_rows(connection, record.audit_rows)
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from models import TABLES
-from stores.audit import audit_row, insert_audit_rows
+from stores.audit import audit_log, audit_row, insert_audit_rows
 from stores.database import autocommit
 
 lineage = TABLES["invocation_lineage"]
@@ -406,7 +406,6 @@ async def erase_user_lineage(engine: AsyncEngine, *, organization_id: str, email
 
 async def erased_since(engine: AsyncEngine, *, organization_id: str, email: str, since: datetime) -> bool:
     """Whether the organisation erased this email's lineage at or after `since` (its audit log says so)."""
-    audit_log = TABLES["audit_log"]
     query = sa.select(audit_log.c.id).where(
         audit_log.c.organization_id == organization_id,
         audit_log.c.event_type == ERASURE_EVENT,

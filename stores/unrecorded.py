@@ -29,6 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from models import TABLES
+from stores.budgets import Reservation
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ class InvocationRecord:
 
     lineage_row: dict[str, Any]
     billing_row: dict[str, Any] | None
-    # Reservation.to_dict(), or None when nothing was reserved.
-    reservation: dict[str, Any] | None
+    # None when nothing was reserved.
+    reservation: Reservation | None
     actual_micros: int | None
     audit_rows: list[dict[str, Any]]
 
@@ -83,7 +84,7 @@ def to_json(record: InvocationRecord) -> str:
         "version": FORMAT_VERSION,
         "lineage_row": record.lineage_row,
         "billing_row": {**dated, **record.billing_row} if record.billing_row is not None else None,
-        "reservation": record.reservation,
+        "reservation": record.reservation.to_dict() if record.reservation is not None else None,
         "actual_micros": record.actual_micros,
         "audit_rows": [{**dated, **row} for row in record.audit_rows],
     }
@@ -98,7 +99,7 @@ def from_json(text: str) -> InvocationRecord:
     return InvocationRecord(
         lineage_row=_decode_row("invocation_lineage", document["lineage_row"]),
         billing_row=_decode_row("billing_usage", billing_row) if billing_row is not None else None,
-        reservation=document["reservation"],
+        reservation=Reservation.from_dict(document["reservation"]) if document["reservation"] is not None else None,
         actual_micros=document["actual_micros"],
         audit_rows=[_decode_row("audit_log", row) for row in document["audit_rows"]],
     )

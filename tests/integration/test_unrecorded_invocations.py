@@ -207,13 +207,13 @@ async def test_concurrent_replays_write_each_record_once(gone, engine, journal):
     assert journal.pending() == []
 
 
-async def test_a_record_already_committed_is_not_written_twice(engine, journal):
+async def test_a_record_already_committed_is_not_written_twice(gone, engine, journal):
     agent_id, invocation_id = str(uuid.uuid4()), str(uuid.uuid4())
     reservation = await reserved(engine, agent_id)
     # The commit went through but its answer was lost, so the same record was also journalled.
     assert await record(engine, agent_id, invocation_id, reservation) is True
     await record(
-        create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:1/gone"),
+        gone,
         agent_id,
         invocation_id,
         reservation,

@@ -22,39 +22,34 @@ PerPeriod = Annotated[int, Field(ge=1, le=10_000_000, strict=True)]
 ExecutionLimit = Annotated[int, Field(ge=1, le=1_000_000_000, strict=True)]
 
 
-class AgentCreate(BaseModel):
+class AgentLimits(BaseModel):
+    """The budget, rate and execution limits an agent is registered with, or patched to (None: not given)."""
+
     model_config = ConfigDict(extra="forbid")
 
+    max_monthly_cost: Cost | None = None
+    max_daily_cost: Cost | None = None
+    cost_per_execution: Cost | None = None
+    requests_per_minute: PerPeriod | None = None
+    requests_per_hour: PerPeriod | None = None
+    requests_per_day: PerPeriod | None = None
+    daily_execution_limit: ExecutionLimit | None = None
+    monthly_execution_limit: ExecutionLimit | None = None
+
+
+class AgentCreate(AgentLimits):
     name: Name
     description: Annotated[str | None, Field(max_length=10_000)] = None
     platform: Annotated[str, Field(min_length=1, max_length=50)]
     platform_config: dict[str, Any]
     auth_config: dict[str, Any] = Field(default_factory=lambda: {"auth_type": "none", "credentials": {}})
-    max_monthly_cost: Cost | None = None
-    max_daily_cost: Cost | None = None
-    cost_per_execution: Cost | None = None
-    requests_per_minute: PerPeriod | None = None
-    requests_per_hour: PerPeriod | None = None
-    requests_per_day: PerPeriod | None = None
-    daily_execution_limit: ExecutionLimit | None = None
-    monthly_execution_limit: ExecutionLimit | None = None
 
 
-class AgentUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AgentUpdate(AgentLimits):
     name: Name | None = None
     description: Annotated[str | None, Field(max_length=10_000)] = None
     platform_config: dict[str, Any] | None = None
     auth_config: dict[str, Any] | None = None
-    max_monthly_cost: Cost | None = None
-    max_daily_cost: Cost | None = None
-    cost_per_execution: Cost | None = None
-    requests_per_minute: PerPeriod | None = None
-    requests_per_hour: PerPeriod | None = None
-    requests_per_day: PerPeriod | None = None
-    daily_execution_limit: ExecutionLimit | None = None
-    monthly_execution_limit: ExecutionLimit | None = None
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

@@ -15,25 +15,34 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from channels.invocations import MeteredRunner
-from channels.metrics import GatewayMetrics
-from credential_cipher import CredentialCipher
-from nodes.agents import AgentDefaults
-from nodes.governance.budget import BudgetThresholds
-from nodes.governance.policy_cache import PolicyCache
-from nodes.governance.rate_limiter import FailoverRateLimiter, InProcessRateLimiter, RateLimiter, RedisRateLimiter
-from nodes.platforms.auth import OAuth2TokenCache
-from nodes.platforms.base import DeliveryOptions
-from settings import Settings
-from stores.database import create_engine
-from stores.invocations import keep_replaying
-from stores.unrecorded import UnrecordedJournal
-from workflows.agent_registry import RegistryWorkflows, build_governance_status_workflow, build_registry_workflows
-from workflows.examples import build_example_workflows
-from workflows.invocation import InvocationDependencies, build_invocation_workflow
-from workflows.lineage import LineageWorkflows, build_lineage_workflows
-from workflows.policies import PolicyWorkflows, build_policy_workflows
-from workflows.runner import WorkflowRunner
+from external_agents.channels.invocations import MeteredRunner
+from external_agents.channels.metrics import GatewayMetrics
+from external_agents.credential_cipher import CredentialCipher
+from external_agents.nodes.agents import AgentDefaults
+from external_agents.nodes.governance.budget import BudgetThresholds
+from external_agents.nodes.governance.policy_cache import PolicyCache
+from external_agents.nodes.governance.rate_limiter import (
+    FailoverRateLimiter,
+    InProcessRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+)
+from external_agents.nodes.platforms.auth import OAuth2TokenCache
+from external_agents.nodes.platforms.base import DeliveryOptions
+from external_agents.settings import Settings
+from external_agents.stores.database import create_engine
+from external_agents.stores.invocations import keep_replaying
+from external_agents.stores.unrecorded import UnrecordedJournal
+from external_agents.workflows.agent_registry import (
+    RegistryWorkflows,
+    build_governance_status_workflow,
+    build_registry_workflows,
+)
+from external_agents.workflows.examples import build_example_workflows
+from external_agents.workflows.invocation import InvocationDependencies, build_invocation_workflow
+from external_agents.workflows.lineage import LineageWorkflows, build_lineage_workflows
+from external_agents.workflows.policies import PolicyWorkflows, build_policy_workflows
+from external_agents.workflows.runner import WorkflowRunner
 
 
 @dataclass

@@ -16,8 +16,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app_state import build_state
-from settings import Settings, SettingsError, load_settings
+from external_agents.app_state import build_state
+from external_agents.settings import Settings, SettingsError, load_settings
 
 logger = logging.getLogger("external_agents")
 
@@ -41,8 +41,8 @@ async def ensure_bootstrap_key(settings: Settings) -> str | None:
     """
     from sqlalchemy.exc import IntegrityError
 
-    from stores.api_keys import create_api_key, has_any_key, key_exists
-    from stores.database import create_engine
+    from external_agents.stores.api_keys import create_api_key, has_any_key, key_exists
+    from external_agents.stores.database import create_engine
 
     engine = create_engine(settings)
     try:
@@ -144,7 +144,7 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, status_code: int, detail: str) -> None:
-    from channels.error_responses import error_response, send_refusal
+    from external_agents.channels.error_responses import error_response, send_refusal
 
     response = error_response(status_code, detail, request_id=uuid.uuid4().hex, headers={"Connection": "close"})
     await send_refusal(scope, receive, send, response)
@@ -157,14 +157,14 @@ def build_app(settings: Settings, *, workflows: dict[str, Any] | None = None) ->
     """
     from nexus import Nexus
 
-    from channels.auth import BearerAuthMiddleware
-    from channels.error_responses import install_error_handlers
-    from channels.lineage_api import router as lineage_router
-    from channels.mcp_server import mount_mcp, running
-    from channels.metrics import router as metrics_router
-    from channels.policies_api import router as policies_router
-    from channels.rest_api import router
-    from channels.workflows_api import router as workflows_router
+    from external_agents.channels.auth import BearerAuthMiddleware
+    from external_agents.channels.error_responses import install_error_handlers
+    from external_agents.channels.lineage_api import router as lineage_router
+    from external_agents.channels.mcp_server import mount_mcp, running
+    from external_agents.channels.metrics import router as metrics_router
+    from external_agents.channels.policies_api import router as policies_router
+    from external_agents.channels.rest_api import router
+    from external_agents.channels.workflows_api import router as workflows_router
 
     configure_logging()
     app = Nexus(
@@ -221,7 +221,7 @@ def build_app(settings: Settings, *, workflows: dict[str, Any] | None = None) ->
 
 def ensure_migrated(settings: Settings) -> None:
     """Refuse to serve an unmigrated PostgreSQL database; bring the embedded SQLite file, ours alone, up to date."""
-    from models.migrate import status, upgrade
+    from external_agents.models.migrate import status, upgrade
 
     if status(settings).state == "applied":
         return
@@ -258,7 +258,7 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, settin
     sys.stderr.write(f"Serving External Agents on http://{host}:{port}\n")
     options: dict[str, Any] = {"host": host, "port": port, "log_level": "warning", "access_log": False}
     if workers > 1:
-        uvicorn.run("nexus_app:app_from_environment", factory=True, workers=workers, **options)
+        uvicorn.run("external_agents.nexus_app:app_from_environment", factory=True, workers=workers, **options)
     else:
         uvicorn.run(build_app(settings).fastapi_app, **options)
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic import ValidationError as PydanticValidationError
 
-from errors import ValidationError
+from external_agents.errors import ValidationError
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"\S")]
 Cost = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]

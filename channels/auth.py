@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from channels.error_responses import error_response, send_refusal
-from errors import ForbiddenError
-from stores.api_keys import Caller, authenticate
+from external_agents.channels.error_responses import error_response, send_refusal
+from external_agents.errors import ForbiddenError
+from external_agents.stores.api_keys import Caller, authenticate
 
 logger = logging.getLogger(__name__)
 

@@ -32,17 +32,17 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from channels.cli_options import ApiKey, Org, Url
-from channels.lineage_cli import lineage_app
+from external_agents.channels.cli_options import ApiKey, Org, Url
+from external_agents.channels.lineage_cli import lineage_app
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from app_state import AppState
-    from channels.invocations import LocalGateway
-    from channels.remote_client import GatewayError, RemoteGateway
-    from settings import Settings
-    from stores.api_keys import Caller
+    from external_agents.app_state import AppState
+    from external_agents.channels.invocations import LocalGateway
+    from external_agents.channels.remote_client import GatewayError, RemoteGateway
+    from external_agents.settings import Settings
+    from external_agents.stores.api_keys import Caller
 
     # The two have the same methods, arguments and results.
     Gateway = LocalGateway | RemoteGateway
@@ -84,7 +84,7 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 
 
 def settings_or_exit(*, embedded_key: bool = False) -> Settings:
-    from settings import SettingsError, load_settings
+    from external_agents.settings import SettingsError, load_settings
 
     try:
         return load_settings(embedded_key=embedded_key)
@@ -99,7 +99,7 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 async def _with_engine(settings: Settings, work: Any) -> Any:
-    from stores.database import create_engine
+    from external_agents.stores.database import create_engine
 
     engine = create_engine(settings)
     try:
@@ -115,8 +115,8 @@ def parse_json(option: str, raw: str) -> Any:
             raw = Path(raw[1:]).read_text(encoding="utf-8")
         except OSError as exc:
             fail(f"{option}: cannot read {raw[1:]}: {exc.strerror}", EXIT_CONFIG)
-    from errors import ValidationError
-    from request_models import load_json
+    from external_agents.errors import ValidationError
+    from external_agents.request_models import load_json
 
     try:
         return load_json(raw)
@@ -214,9 +214,9 @@ def describe(error: GatewayError) -> str:
 
 
 async def _local_caller(state: AppState, where: Target) -> Caller:
-    from channels.invocations import operator_caller
-    from channels.remote_client import GatewayError
-    from stores.api_keys import authenticate
+    from external_agents.channels.invocations import operator_caller
+    from external_agents.channels.remote_client import GatewayError
+    from external_agents.stores.api_keys import authenticate
 
     if where.org:
         return operator_caller(where.org)
@@ -237,7 +237,7 @@ async def _call(where: Target, settings: Settings | None, operation: Callable[[G
     if where.url:
         import httpx
 
-        from channels.remote_client import RemoteGateway
+        from external_agents.channels.remote_client import RemoteGateway
 
         # Deliveries may take the platform's timeout times the retries: no read timeout of our own.
         timeout = httpx.Timeout(10.0, read=None)
@@ -246,9 +246,9 @@ async def _call(where: Target, settings: Settings | None, operation: Callable[[G
             return await operation(RemoteGateway(client))
     import logging
 
-    from app_state import build_state
-    from channels.invocations import LocalGateway
-    from nexus_app import configure_logging
+    from external_agents.app_state import build_state
+    from external_agents.channels.invocations import LocalGateway
+    from external_agents.nexus_app import configure_logging
 
     assert settings is not None
     # Refusals are reported in one line by `call`; the engine's own error lines would repeat them.
@@ -262,7 +262,7 @@ async def _call(where: Target, settings: Settings | None, operation: Callable[[G
 
 def call(where: Target, operation: Callable[[Gateway], Awaitable[T]], *, as_json: bool) -> T:
     """Run one gateway operation where `where` says; a refusal exits with its code and one line."""
-    from channels.remote_client import GatewayError
+    from external_agents.channels.remote_client import GatewayError
 
     # Credentials are decrypted in-process on invocation: read the development key file as `serve` does.
     settings = None if where.url else settings_or_exit(embedded_key=True)
@@ -285,8 +285,8 @@ def serve(
 ) -> None:
     """Run the REST API with the MCP server at /mcp and Prometheus metrics at /metrics."""
     settings = settings_or_exit(embedded_key=True)
-    from nexus_app import serve as serve_app
-    from settings import SettingsError
+    from external_agents.nexus_app import serve as serve_app
+    from external_agents.settings import SettingsError
 
     try:
         serve_app(host=host, port=port, workers=workers, settings=settings)
@@ -304,7 +304,7 @@ def migrate(
     if show_status and rollback:
         fail("--status and --rollback cannot be combined", EXIT_CONFIG)
     settings = settings_or_exit()
-    from models import migrate as migrations
+    from external_agents.models import migrate as migrations
 
     def report(line: str) -> None:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
@@ -336,7 +336,7 @@ def keys_create(
 ) -> None:
     """Create an API key; the key is printed once, as the last line."""
     settings = settings_or_exit()
-    from stores.api_keys import PERMISSIONS, create_api_key
+    from external_agents.stores.api_keys import PERMISSIONS, create_api_key
 
     permissions = permission or ["admin"]
     unknown = sorted(set(permissions) - set(PERMISSIONS))
@@ -365,7 +365,7 @@ def keys_list(
     settings = settings_or_exit()
     from rich.table import Table
 
-    from stores.api_keys import list_api_keys
+    from external_agents.stores.api_keys import list_api_keys
 
     async def listing(engine: Any) -> list[dict[str, Any]]:
         return await list_api_keys(engine, organization_id=org)
@@ -398,7 +398,7 @@ def keys_list(
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `keys list`).")]) -> None:
     """Revoke an API key; requests with it get 401 from then on."""
     settings = settings_or_exit()
-    from stores.api_keys import revoke_api_key
+    from external_agents.stores.api_keys import revoke_api_key
 
     async def revoke(engine: Any) -> bool:
         return await revoke_api_key(engine, key_id=key_id)
@@ -419,8 +419,8 @@ def rotate_key() -> None:
         fail("set EXTERNAL_AGENT_ENCRYPTION_KEY_NEW to the new key first", EXIT_CONFIG)
     from rich.progress import Progress
 
-    from credential_cipher import CredentialCipher, CredentialDecryptionError
-    from stores.agents import all_credential_tokens, replace_credential_token
+    from external_agents.credential_cipher import CredentialCipher, CredentialDecryptionError
+    from external_agents.stores.agents import all_credential_tokens, replace_credential_token
 
     cipher = CredentialCipher(
         [settings.external_agent_encryption_key_new, settings.external_agent_encryption_key or ""]
@@ -1009,7 +1009,7 @@ def mcp_command(
     if not api_key:
         fail("set KAIZEN_API_KEY (or --api-key) to the API key the assistant acts with", EXIT_CONFIG)
     settings = settings_or_exit(embedded_key=True)
-    from channels.remote_client import GatewayError
+    from external_agents.channels.remote_client import GatewayError
 
     try:
         run(_serve_mcp_stdio(settings, Target(url=None, api_key=api_key, org=None)))
@@ -1020,9 +1020,9 @@ def mcp_command(
 async def _serve_mcp_stdio(settings: Settings, where: Target) -> None:
     import logging
 
-    from app_state import build_state
-    from channels.mcp_server import serve_stdio
-    from nexus_app import configure_logging
+    from external_agents.app_state import build_state
+    from external_agents.channels.mcp_server import serve_stdio
+    from external_agents.nexus_app import configure_logging
 
     # stdout carries the protocol: log lines go to stderr, and only warnings.
     configure_logging(logging.WARNING)

@@ -19,8 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from errors import ExternalAgentsError
-from workflows.runner import WorkflowFailedError
+from external_agents.errors import ExternalAgentsError
+from external_agents.workflows.runner import WorkflowFailedError
 
 logger = logging.getLogger(__name__)
 

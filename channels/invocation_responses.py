@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from channels.error_responses import error_body
+from external_agents.channels.error_responses import error_body
 
 FAILED_DELIVERY_STATUS = {"failure": 502, "timeout": 504}
 FAILED_DELIVERY_CODES = {"failure": "PLATFORM_ERROR", "timeout": "PLATFORM_TIMEOUT"}

@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 from kailash.workflow import Workflow
 
-from channels.error_responses import error_body
-from channels.invocation_responses import invocation_response
-from channels.remote_client import GatewayError
-from errors import ExternalAgentsError, ForbiddenError, NotFoundError, ValidationError
-from stores.api_keys import Caller
-from workflows.lineage import GET_NODE, GRAPH_NODE, LIST_NODE, USER_ACCESS_NODE, USER_ERASURE_NODE
-from workflows.runner import WorkflowFailedError, WorkflowRunner
+from external_agents.channels.error_responses import error_body
+from external_agents.channels.invocation_responses import invocation_response
+from external_agents.channels.remote_client import GatewayError
+from external_agents.errors import ExternalAgentsError, ForbiddenError, NotFoundError, ValidationError
+from external_agents.stores.api_keys import Caller
+from external_agents.workflows.lineage import GET_NODE, GRAPH_NODE, LIST_NODE, USER_ACCESS_NODE, USER_ERASURE_NODE
+from external_agents.workflows.runner import WorkflowFailedError, WorkflowRunner
 
 if TYPE_CHECKING:
-    from app_state import AppState
-    from channels.metrics import GatewayMetrics
+    from external_agents.app_state import AppState
+    from external_agents.channels.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 

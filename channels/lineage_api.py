@@ -12,9 +12,16 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response, StreamingResponse
 
-from channels.route_support import answer, caller_input, gateway_for, state_of
-from nodes.lineage import DEFAULT_DEPTH, DEFAULT_PAGE_SIZE, MAX_DEPTH, MAX_PAGE, MAX_PAGE_SIZE, export_chunks
-from workflows.lineage import EXPORT_NODE
+from external_agents.channels.route_support import answer, caller_input, gateway_for, state_of
+from external_agents.nodes.lineage import (
+    DEFAULT_DEPTH,
+    DEFAULT_PAGE_SIZE,
+    MAX_DEPTH,
+    MAX_PAGE,
+    MAX_PAGE_SIZE,
+    export_chunks,
+)
+from external_agents.workflows.lineage import EXPORT_NODE
 
 router = APIRouter(prefix="/api/lineage", tags=["lineage"])
 

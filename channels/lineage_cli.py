@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from channels.cli_options import ApiKey, Org, Url
+from external_agents.channels.cli_options import ApiKey, Org, Url
 
 if TYPE_CHECKING:
     from kailash.workflow import Workflow
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from settings import Settings
-    from workflows.lineage import LineageWorkflows
+    from external_agents.settings import Settings
+    from external_agents.workflows.lineage import LineageWorkflows
 
 lineage_app = typer.Typer(help="Query and export invocation lineage; archive old records.", no_args_is_help=True)
 retention_app = typer.Typer(
@@ -72,9 +72,9 @@ async def _run(
     then: AfterRun | None = None,
 ) -> dict[str, Any]:
     """Run one lineage workflow; `then(engine, outputs)` may use the engine before it is closed."""
-    from stores.database import create_engine
-    from workflows.lineage import build_lineage_workflows
-    from workflows.runner import WorkflowRunner
+    from external_agents.stores.database import create_engine
+    from external_agents.workflows.lineage import build_lineage_workflows
+    from external_agents.workflows.runner import WorkflowRunner
 
     engine = create_engine(settings)
     try:
@@ -94,8 +94,8 @@ def _execute(
     inputs: dict[str, Any],
     then: AfterRun | None = None,
 ) -> dict[str, Any]:
-    from channels.cli import EXIT_CONFIG, fail, settings_or_exit
-    from errors import ExternalAgentsError, ValidationError
+    from external_agents.channels.cli import EXIT_CONFIG, fail, settings_or_exit
+    from external_agents.errors import ExternalAgentsError, ValidationError
 
     settings = settings_or_exit()
     try:
@@ -126,7 +126,7 @@ def list_command(
     from rich.table import Table
     from rich.text import Text
 
-    from channels.cli import call, console, emit_json, target
+    from external_agents.channels.cli import call, console, emit_json, target
 
     filters = _filters(
         user_email=user_email,
@@ -180,7 +180,7 @@ def graph_command(
     from rich.text import Text
     from rich.tree import Tree
 
-    from channels.cli import call, console, emit_json, target
+    from external_agents.channels.cli import call, console, emit_json, target
 
     selectors = {
         "session_id": session_id,
@@ -243,8 +243,8 @@ def export_command(
     end_date: End = None,
 ) -> None:
     """Stream invocations as JSON, CSV or OpenLineage events (one batch of rows in memory at a time)."""
-    from nodes.lineage import export_chunks
-    from workflows.lineage import EXPORT_NODE
+    from external_agents.nodes.lineage import export_chunks
+    from external_agents.workflows.lineage import EXPORT_NODE
 
     filters = _filters(
         user_email=user_email,
@@ -285,10 +285,10 @@ def retention_run(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from channels.cli import console, fail, settings_or_exit
-    from errors import ExternalAgentsError
-    from stores.database import create_engine
-    from stores.retention import count_expired, retention_cutoffs, run_retention
+    from external_agents.channels.cli import console, fail, settings_or_exit
+    from external_agents.errors import ExternalAgentsError
+    from external_agents.stores.database import create_engine
+    from external_agents.stores.retention import count_expired, retention_cutoffs, run_retention
 
     settings = settings_or_exit()
     now = datetime.now(UTC)

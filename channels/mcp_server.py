@@ -26,18 +26,18 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
-from channels.invocations import LocalGateway
-from channels.remote_client import GatewayError
-from nodes.lineage import DEFAULT_DEPTH, MAX_DEPTH, MAX_PAGE, MAX_PAGE_SIZE
-from nodes.platforms import ADAPTERS
-from nodes.platforms.auth import AUTH_TYPES
-from stores.api_keys import Caller
+from external_agents.channels.invocations import LocalGateway
+from external_agents.channels.remote_client import GatewayError
+from external_agents.nodes.lineage import DEFAULT_DEPTH, MAX_DEPTH, MAX_PAGE, MAX_PAGE_SIZE
+from external_agents.nodes.platforms import ADAPTERS
+from external_agents.nodes.platforms.auth import AUTH_TYPES
+from external_agents.stores.api_keys import Caller
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
-    from app_state import AppState
+    from external_agents.app_state import AppState
 
 MCP_PATH = "/mcp"
 

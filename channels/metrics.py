@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.responses import Response
 
 # Not channels.route_support: it imports app_state, which imports this module for GatewayMetrics.
-from channels.auth import caller_with
+from external_agents.channels.auth import caller_with
 
 # Webhook deliveries may take up to the configured timeout (30 s by default) per attempt, with retries.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from channels.route_support import answer, gateway_for, json_body_schema, read_json_body
-from nodes.governance.policy_engine import EFFECTS
+from external_agents.channels.route_support import answer, gateway_for, json_body_schema, read_json_body
+from external_agents.nodes.governance.policy_engine import EFFECTS
 
 router = APIRouter(prefix="/api/policies")
 

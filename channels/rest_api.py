@@ -8,13 +8,20 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from starlette.responses import JSONResponse, Response
 
-from channels.error_responses import request_id_of
-from channels.invocation_responses import invocation_response
-from channels.invocations import run_invocation
-from channels.route_support import answer, caller_input, gateway_for, json_body_schema, read_json_body, state_of
-from nodes.invocation import CONTEXT_HEADER, OPTIONAL_IDENTITY, REQUIRED_IDENTITY
-from request_models import AgentCreate, AgentUpdate, InvocationBody
-from stores.database import ping
+from external_agents.channels.error_responses import request_id_of
+from external_agents.channels.invocation_responses import invocation_response
+from external_agents.channels.invocations import run_invocation
+from external_agents.channels.route_support import (
+    answer,
+    caller_input,
+    gateway_for,
+    json_body_schema,
+    read_json_body,
+    state_of,
+)
+from external_agents.nodes.invocation import CONTEXT_HEADER, OPTIONAL_IDENTITY, REQUIRED_IDENTITY
+from external_agents.request_models import AgentCreate, AgentUpdate, InvocationBody
+from external_agents.stores.database import ping
 
 router = APIRouter(prefix="/api")
 

@@ -11,13 +11,13 @@ from fastapi import Request
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
-from app_state import AppState
-from channels.auth import caller_with
-from channels.error_responses import request_id_of
-from channels.invocations import LocalGateway
-from channels.remote_client import GatewayError
-from errors import ValidationError
-from request_models import load_json
+from external_agents.app_state import AppState
+from external_agents.channels.auth import caller_with
+from external_agents.channels.error_responses import request_id_of
+from external_agents.channels.invocations import LocalGateway
+from external_agents.channels.remote_client import GatewayError
+from external_agents.errors import ValidationError
+from external_agents.request_models import load_json
 
 
 def state_of(request: Request) -> AppState:

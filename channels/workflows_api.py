@@ -10,8 +10,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from channels.route_support import answer, gateway_for, read_json_body
-from errors import ValidationError
+from external_agents.channels.route_support import answer, gateway_for, read_json_body
+from external_agents.errors import ValidationError
 
 router = APIRouter(prefix="/api/workflows")
 

@@ -1,6 +1,6 @@
 """The tables of the feature: DataFlow declarations, and the SQLAlchemy `METADATA` derived from them."""
 
-from models import (  # noqa: F401  (importing a model module registers it with schema_db)
+from external_agents.models import (  # noqa: F401  (importing a model module registers it with schema_db)
     api_key,
     audit_log,
     billing_usage,
@@ -10,7 +10,7 @@ from models import (  # noqa: F401  (importing a model module registers it with 
     invocation_lineage,
     policy,
 )
-from models.registry import build_metadata
+from external_agents.models.registry import build_metadata
 
 METADATA = build_metadata()
 TABLES = METADATA.tables

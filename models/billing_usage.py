@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from models.column_types import DOUBLE, TIMESTAMPTZ, varchar
-from models.registry import PRIMARY_KEY, SERVER_NOW, Index, schema_db
+from external_agents.models.column_types import DOUBLE, TIMESTAMPTZ, varchar
+from external_agents.models.registry import PRIMARY_KEY, SERVER_NOW, Index, schema_db
 
 # The column this feature adds to an existing table; migrations and rollback name it.
 ADDED_COLUMN = "external_agent_id"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from models.column_types import DOUBLE, INTEGER, JSON_EXACT, TEXT, TIMESTAMPTZ, varchar
-from models.registry import PRIMARY_KEY, SERVER_NOW, Index, schema_db
+from external_agents.models.column_types import DOUBLE, INTEGER, JSON_EXACT, TEXT, TIMESTAMPTZ, varchar
+from external_agents.models.registry import PRIMARY_KEY, SERVER_NOW, Index, schema_db
 
 
 @schema_db.model

@@ -24,8 +24,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.pool import NullPool
 
-from models.migrations.objects import SchemaObject, existing, schema_objects
-from settings import Settings
+from external_agents.models.migrations.objects import SchemaObject, existing, schema_objects
+from external_agents.settings import Settings
 
 Report = Callable[[str], None]
 State = Literal["not_applied", "partial", "outdated", "applied"]

@@ -13,16 +13,16 @@ from typing import Any
 
 from kailash.nodes.base import register_node
 
-from credential_cipher import CredentialCipher
-from errors import NotFoundError, ValidationError
-from money import to_micros, to_usd
-from nodes.base import ExternalAgentNode, dependency, value
-from nodes.platforms import get_adapter, validate_platform_config
-from nodes.platforms.auth import validate_auth_config
-from nodes.platforms.base import DeliveryOptions
-from nodes.platforms.webhook_url import check_webhook_url
-from request_models import AgentCreate, AgentUpdate, parse, reject_unstorable
-from stores import agents as agent_store
+from external_agents.credential_cipher import CredentialCipher
+from external_agents.errors import NotFoundError, ValidationError
+from external_agents.money import to_micros, to_usd
+from external_agents.nodes.base import ExternalAgentNode, dependency, value
+from external_agents.nodes.platforms import get_adapter, validate_platform_config
+from external_agents.nodes.platforms.auth import validate_auth_config
+from external_agents.nodes.platforms.base import DeliveryOptions
+from external_agents.nodes.platforms.webhook_url import check_webhook_url
+from external_agents.request_models import AgentCreate, AgentUpdate, parse, reject_unstorable
+from external_agents.stores import agents as agent_store
 
 # Secrets that some platforms take in platform_config (an adapter's `secret_fields`, such as telegram's bot
 # token) are moved into the encrypted envelope and shown as MASK; sending MASK back keeps the stored secret.

@@ -15,16 +15,16 @@ from typing import Any
 import httpx
 from kailash.nodes.base import register_node
 
-from errors import PlatformError
-from nodes.base import ExternalAgentNode, dependency, value
-from nodes.delivery import delivery_request, unseal
-from nodes.invocation import agent_view, denied
-from nodes.platforms import get_adapter
-from nodes.platforms.auth import OAuth2TokenCache
-from nodes.platforms.base import DeliveryOptions
-from nodes.platforms.delivery import deliver
-from stores.agents import get_agent_by_name
-from stores.database import database_unavailable
+from external_agents.errors import PlatformError
+from external_agents.nodes.base import ExternalAgentNode, dependency, value
+from external_agents.nodes.delivery import delivery_request, unseal
+from external_agents.nodes.invocation import agent_view, denied
+from external_agents.nodes.platforms import get_adapter
+from external_agents.nodes.platforms.auth import OAuth2TokenCache
+from external_agents.nodes.platforms.base import DeliveryOptions
+from external_agents.nodes.platforms.delivery import deliver
+from external_agents.stores.agents import get_agent_by_name
+from external_agents.stores.database import database_unavailable
 
 logger = logging.getLogger(__name__)
 

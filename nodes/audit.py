@@ -6,8 +6,8 @@ from typing import Any
 
 from kailash.nodes.base import register_node
 
-from nodes.base import ExternalAgentNode, dependency, value
-from stores.audit import audit_row, insert_audit_rows
+from external_agents.nodes.base import ExternalAgentNode, dependency, value
+from external_agents.stores.audit import audit_row, insert_audit_rows
 
 
 @register_node()

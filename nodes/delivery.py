@@ -12,15 +12,15 @@ from typing import Any
 import httpx
 from kailash.nodes.base import register_node
 
-from credential_cipher import CredentialCipher
-from errors import PlatformError, PlatformTimeoutError
-from money import to_micros
-from nodes.base import ExternalAgentNode, dependency, value
-from nodes.invocation import denied
-from nodes.platforms import get_adapter
-from nodes.platforms.auth import OAuth2TokenCache
-from nodes.platforms.base import DeliveryOptions, DeliveryRequest
-from nodes.platforms.delivery import deliver
+from external_agents.credential_cipher import CredentialCipher
+from external_agents.errors import PlatformError, PlatformTimeoutError
+from external_agents.money import to_micros
+from external_agents.nodes.base import ExternalAgentNode, dependency, value
+from external_agents.nodes.invocation import denied
+from external_agents.nodes.platforms import get_adapter
+from external_agents.nodes.platforms.auth import OAuth2TokenCache
+from external_agents.nodes.platforms.base import DeliveryOptions, DeliveryRequest
+from external_agents.nodes.platforms.delivery import deliver
 
 
 def delivery_request(

@@ -21,10 +21,10 @@ from typing import Any
 
 from kailash.nodes.base import register_node
 
-from errors import NotFoundError, ValidationError
-from nodes.base import ExternalAgentNode, dependency, value
-from request_models import InvocationBody, load_json, parse, reject_unstorable
-from stores import agents as agent_store
+from external_agents.errors import NotFoundError, ValidationError
+from external_agents.nodes.base import ExternalAgentNode, dependency, value
+from external_agents.request_models import InvocationBody, load_json, parse, reject_unstorable
+from external_agents.stores import agents as agent_store
 
 # (field, header): the external identity every invocation must carry.
 REQUIRED_IDENTITY = (

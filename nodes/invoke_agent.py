@@ -10,7 +10,7 @@ from typing import Any
 
 from kailash.nodes.base import register_node
 
-from nodes.base import ExternalAgentNode, dependency, value
+from external_agents.nodes.base import ExternalAgentNode, dependency, value
 
 
 @register_node()

@@ -21,12 +21,12 @@ import sqlalchemy as sa
 from kailash.nodes.base import register_node
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from errors import NotFoundError, ValidationError
-from money import to_micros, to_usd
-from nodes.base import ExternalAgentNode, dependency, value
-from request_models import reject_unstorable
-from stores import lineage as lineage_store
-from stores.lineage import GRAPH_SELECTORS, LineageFilters, Selector
+from external_agents.errors import NotFoundError, ValidationError
+from external_agents.money import to_micros, to_usd
+from external_agents.nodes.base import ExternalAgentNode, dependency, value
+from external_agents.request_models import reject_unstorable
+from external_agents.stores import lineage as lineage_store
+from external_agents.stores.lineage import GRAPH_SELECTORS, LineageFilters, Selector
 
 STATUSES = ("pending", "success", "failure", "timeout", "denied")
 FILTER_NAMES = (

@@ -11,12 +11,12 @@ from typing import Any
 
 from kailash.nodes.base import register_node
 
-from errors import NotFoundError, ValidationError
-from nodes.base import ExternalAgentNode, dependency, value
-from nodes.governance.policy_engine import validate_policy_fields
-from request_models import reject_unstorable
-from stores import agents as agent_store
-from stores import policies as policy_store
+from external_agents.errors import NotFoundError, ValidationError
+from external_agents.nodes.base import ExternalAgentNode, dependency, value
+from external_agents.nodes.governance.policy_engine import validate_policy_fields
+from external_agents.request_models import reject_unstorable
+from external_agents.stores import agents as agent_store
+from external_agents.stores import policies as policy_store
 
 WRITABLE = ("name", "description", "effect", "priority", "enabled", "external_agent_id", "conditions")
 

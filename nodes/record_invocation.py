@@ -13,10 +13,10 @@ from typing import Any
 
 from kailash.nodes.base import register_node
 
-from money import to_micros, to_usd
-from nodes.base import ExternalAgentNode, dependency, value
-from stores.budgets import Reservation
-from stores.invocations import record_invocation
+from external_agents.money import to_micros, to_usd
+from external_agents.nodes.base import ExternalAgentNode, dependency, value
+from external_agents.stores.budgets import Reservation
+from external_agents.stores.invocations import record_invocation
 
 DENIAL_EVENTS = {
     "policy": "external_agent.policy_denied",

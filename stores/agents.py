@@ -13,9 +13,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from errors import ConflictError
-from models import TABLES
-from stores.database import autocommit
+from external_agents.errors import ConflictError
+from external_agents.models import TABLES
+from external_agents.stores.database import autocommit
 
 agents = TABLES["external_agents"]
 limits = TABLES["external_agent_limits"]

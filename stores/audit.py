@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from models import TABLES
+from external_agents.models import TABLES
 
 audit_log = TABLES["audit_log"]
 

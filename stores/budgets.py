@@ -29,9 +29,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from errors import StorageError
-from models import TABLES
-from stores.database import autocommit
+from external_agents.errors import StorageError
+from external_agents.models import TABLES
+from external_agents.stores.database import autocommit
 
 counters = TABLES["budget_counters"]
 billing = TABLES["billing_usage"]

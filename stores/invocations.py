@@ -19,12 +19,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from models import TABLES
-from stores.audit import audit_row, insert_audit_rows
-from stores.budgets import Reservation, release, settle
-from stores.database import autocommit, database_unavailable, ping
-from stores.lineage import erased, erased_since
-from stores.unrecorded import InvocationRecord, UnrecordedJournal
+from external_agents.models import TABLES
+from external_agents.stores.audit import audit_row, insert_audit_rows
+from external_agents.stores.budgets import Reservation, release, settle
+from external_agents.stores.database import autocommit, database_unavailable, ping
+from external_agents.stores.lineage import erased, erased_since
+from external_agents.stores.unrecorded import InvocationRecord, UnrecordedJournal
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from models import TABLES
-from stores.audit import audit_log, audit_row, insert_audit_rows
-from stores.database import autocommit
+from external_agents.models import TABLES
+from external_agents.stores.audit import audit_log, audit_row, insert_audit_rows
+from external_agents.stores.database import autocommit
 
 lineage = TABLES["invocation_lineage"]
 

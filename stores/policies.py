@@ -8,8 +8,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from models import TABLES
-from stores.database import autocommit
+from external_agents.models import TABLES
+from external_agents.stores.database import autocommit
 
 policies = TABLES["policies"]
 

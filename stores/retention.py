@@ -35,8 +35,8 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from errors import ConflictError, ValidationError
-from models import TABLES
+from external_agents.errors import ConflictError, ValidationError
+from external_agents.models import TABLES
 
 DEFAULT_LINEAGE_DAYS = 90
 DEFAULT_BILLING_MONTHS = 13

@@ -28,8 +28,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from models import TABLES
-from stores.budgets import Reservation
+from external_agents.models import TABLES
+from external_agents.stores.budgets import Reservation
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ TEST_FERNET_KEY = "kWbmmFq6ZcKXM0tM6aqNa2w-5BWAjZSZ8mHH1l3b-Vc="
 
 def make_settings(database_url: str, tmp_dir: str, **overrides: object):
     """Settings for a test app: the given database, a fixed key, webhooks to 127.0.0.1 allowed."""
-    from settings import load_settings
+    from external_agents.settings import load_settings
 
     values: dict[str, object] = {
         "database_url": database_url,
@@ -87,8 +87,8 @@ class Org:
 async def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres_url: str):
     """The Nexus app, migrated and started, shared by the tests of a session: embedded (SQLite, in-process
     rate limiter) and production-like (PostgreSQL and Redis)."""
-    from models.migrate import upgrade
-    from nexus_app import build_app
+    from external_agents.models.migrate import upgrade
+    from external_agents.nexus_app import build_app
 
     data_dir = tmp_path_factory.mktemp(f"gateway-{request.param}")
     if request.param == "postgres":
@@ -110,7 +110,7 @@ async def client(gateway) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def new_org(gateway, permissions: list[str] | None = None, organization_id: str | None = None) -> Org:
-    from stores.api_keys import create_api_key
+    from external_agents.stores.api_keys import create_api_key
 
     organization_id = organization_id or f"org-{uuid.uuid4().hex[:10]}"
     _row, key = await create_api_key(

@@ -30,7 +30,7 @@ def free_port() -> int:
 
 def fresh_database(url: str, data_dir: str) -> None:
     """Drop, recreate and migrate the PostgreSQL database at `url`."""
-    from models.migrate import upgrade
+    from external_agents.models.migrate import upgrade
 
     reset_postgres_database(url)
     upgrade(make_settings(url, data_dir), report=lambda _line: None)
@@ -92,7 +92,16 @@ def _process(command: list[str], *, env: dict[str, str], ready_url: str, log: Pa
 def app_server(env: dict[str, str], *, log_dir: Path, workers: int = 1) -> Iterator[str]:
     """An `external-agents serve` process (with `workers` worker processes); yields its base URL."""
     port = free_port()
-    command = [sys.executable, "-m", "channels.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "external_agents.channels.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     if workers > 1:
         command += ["--workers", str(workers)]
     base = f"http://127.0.0.1:{port}"

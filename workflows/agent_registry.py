@@ -9,12 +9,12 @@ from kailash.workflow.builder import WorkflowBuilder
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 # Importing a node module registers its nodes with Kailash, so the builder can name them.
-import nodes.agents
-import nodes.audit
-import nodes.governance.status  # noqa: F401
-from credential_cipher import CredentialCipher
-from nodes.agents import AgentDefaults
-from nodes.platforms.base import DeliveryOptions
+import external_agents.nodes.agents
+import external_agents.nodes.audit
+import external_agents.nodes.governance.status  # noqa: F401
+from external_agents.credential_cipher import CredentialCipher
+from external_agents.nodes.agents import AgentDefaults
+from external_agents.nodes.platforms.base import DeliveryOptions
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from kailash.nodes.base import Node, NodeParameter, register_node
 from kailash.workflow import Workflow
 from kailash.workflow.builder import WorkflowBuilder
 
-import nodes.invoke_agent  # noqa: F401  (registers InvokeExternalAgentNode)
+import external_agents.nodes.invoke_agent  # noqa: F401  (registers InvokeExternalAgentNode)
 
 
 @register_node()

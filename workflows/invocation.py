@@ -13,13 +13,13 @@ from kailash.workflow import Workflow
 from kailash.workflow.builder import WorkflowBuilder
 
 # Importing a node module registers its nodes with Kailash, so the builder can name them.
-import nodes.alerts
-import nodes.delivery
-import nodes.governance.budget
-import nodes.governance.policy_check
-import nodes.governance.rate_limit
-import nodes.invocation
-import nodes.record_invocation  # noqa: F401
+import external_agents.nodes.alerts
+import external_agents.nodes.delivery
+import external_agents.nodes.governance.budget
+import external_agents.nodes.governance.policy_check
+import external_agents.nodes.governance.rate_limit
+import external_agents.nodes.invocation
+import external_agents.nodes.record_invocation  # noqa: F401
 
 STEPS = (
     ("PrepareInvocationNode", "prepare"),

@@ -13,7 +13,7 @@ from kailash.workflow import Workflow
 from kailash.workflow.builder import WorkflowBuilder
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-import nodes.lineage  # noqa: F401  (registers the nodes)
+import external_agents.nodes.lineage  # noqa: F401  (registers the nodes)
 
 # Node ids, which are also the keys of each run's results.
 LIST_NODE = "list_lineage"

@@ -9,9 +9,9 @@ from kailash.workflow.builder import WorkflowBuilder
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 # Importing a node module registers its nodes with Kailash, so the builder can name them.
-import nodes.audit
-import nodes.policies  # noqa: F401
-from nodes.governance.policy_cache import PolicyCache
+import external_agents.nodes.audit
+import external_agents.nodes.policies  # noqa: F401
+from external_agents.nodes.governance.policy_cache import PolicyCache
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 from kailash.runtime.async_local import AsyncLocalRuntime
 from kailash.workflow import Workflow
 
-from errors import ExternalAgentsError
+from external_agents.errors import ExternalAgentsError
 
 
 class WorkflowFailedError(Exception):

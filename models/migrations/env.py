@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from models import METADATA
+from external_agents.models import METADATA
 
 connection: sa.Connection = context.config.attributes["connection"]
 

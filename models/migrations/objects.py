@@ -14,8 +14,8 @@ from enum import StrEnum
 
 import sqlalchemy as sa
 
-from models import METADATA
-from models.billing_usage import ADDED_COLUMN, BillingUsage
+from external_agents.models import METADATA
+from external_agents.models.billing_usage import ADDED_COLUMN, BillingUsage
 
 # The product's table that the feature extends; it is never the feature's to drop.
 EXTENDED_TABLE: str = BillingUsage.__tablename__

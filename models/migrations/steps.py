@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context, op
 
-from models import METADATA
-from models.migrations.objects import Kind, existing, metadata_index, schema_objects
+from external_agents.models import METADATA
+from external_agents.models.migrations.objects import Kind, existing, metadata_index, schema_objects
 
 
 def _database() -> sa.Connection:

@@ -12,10 +12,10 @@ from typing import Any
 
 from kailash.nodes.base import register_node
 
-from money import to_micros, to_usd
-from nodes.base import ExternalAgentNode, dependency, value
-from nodes.invocation import denied
-from stores.budgets import BudgetLimits, BudgetRefusal, claim_alert, reserve
+from external_agents.money import to_micros, to_usd
+from external_agents.nodes.base import ExternalAgentNode, dependency, value
+from external_agents.nodes.invocation import denied
+from external_agents.stores.budgets import BudgetLimits, BudgetRefusal, claim_alert, reserve
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import time
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from nodes.governance.policy_engine import Policy
-from stores.policies import list_policies
+from external_agents.nodes.governance.policy_engine import Policy
+from external_agents.stores.policies import list_policies
 
 logger = logging.getLogger(__name__)
 

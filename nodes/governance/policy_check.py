@@ -8,9 +8,9 @@ from typing import Any
 
 from kailash.nodes.base import register_node
 
-from nodes.base import ExternalAgentNode, dependency, value
-from nodes.governance.policy_engine import PolicyDecision, PolicyRequest, evaluate
-from nodes.invocation import denied
+from external_agents.nodes.base import ExternalAgentNode, dependency, value
+from external_agents.nodes.governance.policy_engine import PolicyDecision, PolicyRequest, evaluate
+from external_agents.nodes.invocation import denied
 
 
 def policy_request(invocation: dict[str, Any]) -> PolicyRequest:

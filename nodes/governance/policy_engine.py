@@ -39,8 +39,8 @@ from decimal import Decimal
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from errors import ValidationError
-from settings import ConflictResolution, PolicyFailMode
+from external_agents.errors import ValidationError
+from external_agents.settings import ConflictResolution, PolicyFailMode
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from kailash.nodes.base import register_node
 
-from nodes.base import ExternalAgentNode, dependency, value
-from nodes.governance.rate_limiter import RateLimitDecision, RateLimits
-from nodes.invocation import denied
+from external_agents.nodes.base import ExternalAgentNode, dependency, value
+from external_agents.nodes.governance.rate_limiter import RateLimitDecision, RateLimits
+from external_agents.nodes.invocation import denied
 
 
 def limits_of(agent: dict[str, Any]) -> RateLimits:

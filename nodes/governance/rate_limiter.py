@@ -46,7 +46,7 @@ from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
 
-from errors import ServiceUnavailableError, StorageError, ValidationError
+from external_agents.errors import ServiceUnavailableError, StorageError, ValidationError
 
 logger = logging.getLogger(__name__)
 

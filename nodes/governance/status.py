@@ -10,11 +10,11 @@ from typing import Any
 
 from kailash.nodes.base import register_node
 
-from money import to_micros, to_usd
-from nodes.base import ExternalAgentNode, dependency, value
-from nodes.governance.budget import BudgetThresholds
-from nodes.governance.rate_limit import limits_of
-from stores.budgets import Spend, current_spend
+from external_agents.money import to_micros, to_usd
+from external_agents.nodes.base import ExternalAgentNode, dependency, value
+from external_agents.nodes.governance.budget import BudgetThresholds
+from external_agents.nodes.governance.rate_limit import limits_of
+from external_agents.stores.budgets import Spend, current_spend
 
 
 def usage_fraction(spent_micros: int, budget_usd: float | None) -> float:

@@ -4,7 +4,7 @@ Adding a platform is one new module with a `PlatformAdapter` subclass and one li
 scans directories. `validate_platform_config` is what registration and updates call: the adapter's own field
 checks plus the URL policy for the address delivery will contact.
 
-    from nodes.platforms.delivery import deliver
+    from external_agents.nodes.platforms.delivery import deliver
 
     adapter = get_adapter("slack")
     config = validate_platform_config("slack", {"webhook_url": url}, options=options)
@@ -15,15 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from errors import ValidationError
-from nodes.platforms.base import DeliveryOptions, PlatformAdapter
-from nodes.platforms.custom_http import CustomHttpAdapter
-from nodes.platforms.discord import DiscordAdapter
-from nodes.platforms.notion import NotionAdapter
-from nodes.platforms.slack import SlackAdapter
-from nodes.platforms.teams import TeamsAdapter
-from nodes.platforms.telegram import TelegramAdapter
-from nodes.platforms.webhook_url import check_webhook_url
+from external_agents.errors import ValidationError
+from external_agents.nodes.platforms.base import DeliveryOptions, PlatformAdapter
+from external_agents.nodes.platforms.custom_http import CustomHttpAdapter
+from external_agents.nodes.platforms.discord import DiscordAdapter
+from external_agents.nodes.platforms.notion import NotionAdapter
+from external_agents.nodes.platforms.slack import SlackAdapter
+from external_agents.nodes.platforms.teams import TeamsAdapter
+from external_agents.nodes.platforms.telegram import TelegramAdapter
+from external_agents.nodes.platforms.webhook_url import check_webhook_url
 
 ADAPTERS: dict[str, PlatformAdapter] = {
     "teams": TeamsAdapter(),

@@ -24,8 +24,8 @@ from urllib.parse import quote
 
 import httpx
 
-from errors import PlatformError, ValidationError
-from nodes.platforms.base import (
+from external_agents.errors import PlatformError, ValidationError
+from external_agents.nodes.platforms.base import (
     check_header_name,
     check_header_value,
     check_http_url,

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from errors import ValidationError
+from external_agents.errors import ValidationError
 
 ELLIPSIS = "…"
 

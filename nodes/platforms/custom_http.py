@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 
-from errors import ValidationError
-from nodes.platforms.base import (
+from external_agents.errors import ValidationError
+from external_agents.nodes.platforms.base import (
     DeliveryRequest,
     OutgoingRequest,
     PlatformAdapter,

@@ -38,10 +38,16 @@ from tenacity import (
     wait_random,
 )
 
-from errors import PlatformError, PlatformTimeoutError, ValidationError
-from nodes.platforms.auth import OAuth2TokenCache, auth_headers, client_credentials_grant
-from nodes.platforms.base import DeliveryOptions, DeliveryRequest, DeliveryResult, OutgoingRequest, PlatformAdapter
-from nodes.platforms.webhook_url import resolve_and_check
+from external_agents.errors import PlatformError, PlatformTimeoutError, ValidationError
+from external_agents.nodes.platforms.auth import OAuth2TokenCache, auth_headers, client_credentials_grant
+from external_agents.nodes.platforms.base import (
+    DeliveryOptions,
+    DeliveryRequest,
+    DeliveryResult,
+    OutgoingRequest,
+    PlatformAdapter,
+)
+from external_agents.nodes.platforms.webhook_url import resolve_and_check
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from nodes.platforms.base import (
+from external_agents.nodes.platforms.base import (
     ELLIPSIS,
     DeliveryRequest,
     OutgoingRequest,

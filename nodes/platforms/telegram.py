@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
-from errors import PlatformError, ValidationError
-from nodes.platforms.base import (
+from external_agents.errors import PlatformError, ValidationError
+from external_agents.nodes.platforms.base import (
     DeliveryRequest,
     OutgoingRequest,
     PlatformAdapter,

@@ -25,7 +25,7 @@ import socket
 
 import httpx
 
-from errors import PlatformError, ValidationError
+from external_agents.errors import PlatformError, ValidationError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

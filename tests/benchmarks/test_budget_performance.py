@@ -20,9 +20,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from models import METADATA
-from stores.budgets import BudgetLimits, Reservation, period_ids, reserve
-from stores.database import create_engine
+from external_agents.models import METADATA
+from external_agents.stores.budgets import BudgetLimits, Reservation, period_ids, reserve
+from external_agents.stores.database import create_engine
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.postgres

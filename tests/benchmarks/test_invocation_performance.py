@@ -93,13 +93,13 @@ async def test_governance_decision_through_the_workflow(stack, capsys, tmp_path)
     from kailash.workflow.builder import WorkflowBuilder
 
     # Importing the node modules registers the nodes the governance workflow names.
-    import nodes.governance.budget
-    import nodes.governance.policy_check
-    import nodes.governance.rate_limit
-    from app_state import build_state
-    from nodes.invocation import agent_view, prepare_invocation
-    from settings import load_settings
-    from stores.agents import get_agent
+    import external_agents.nodes.governance.budget
+    import external_agents.nodes.governance.policy_check
+    import external_agents.nodes.governance.rate_limit
+    from external_agents.app_state import build_state
+    from external_agents.nodes.invocation import agent_view, prepare_invocation
+    from external_agents.settings import load_settings
+    from external_agents.stores.agents import get_agent
 
     settings = load_settings(
         database_url=BENCH_DB,
@@ -153,7 +153,10 @@ async def test_governance_decision_through_the_workflow(stack, capsys, tmp_path)
     builder.add_node(
         "BudgetReserveNode",
         "budget",
-        {"engine": state.engine, "thresholds": nodes.governance.budget.BudgetThresholds(warning=0.8, degradation=0.9)},
+        {
+            "engine": state.engine,
+            "thresholds": external_agents.nodes.governance.budget.BudgetThresholds(warning=0.8, degradation=0.9),
+        },
     )
     builder.add_connection("policy", "invocation", "rate_limit", "invocation")
     builder.add_connection("rate_limit", "invocation", "budget", "invocation")
@@ -163,7 +166,7 @@ async def test_governance_decision_through_the_workflow(stack, capsys, tmp_path)
         results = await state.runner.run(workflow, {"policy": {"invocation": invocation}})
         assert results["budget"]["invocation"]["denial"] is None
 
-    from nodes.governance.rate_limit import limits_of
+    from external_agents.nodes.governance.rate_limit import limits_of
 
     connection = await asyncpg.connect(BENCH_DB)
     limits = limits_of(invocation["agent"])

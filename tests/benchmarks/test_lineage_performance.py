@@ -36,8 +36,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.engine import make_url
 
-from models import TABLES
-from stores.lineage import LineageFilters, count_statement, graph_statement, page_statement
+from external_agents.models import TABLES
+from external_agents.stores.lineage import LineageFilters, count_statement, graph_statement, page_statement
 
 pytestmark = pytest.mark.postgres
 
@@ -187,7 +187,7 @@ async def _load(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def bench_settings(postgres_url: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
-    from models.migrate import upgrade
+    from external_agents.models.migrate import upgrade
     from tests.conftest import make_settings, reset_postgres_database
 
     url = _bench_url(postgres_url)
@@ -223,8 +223,8 @@ class Bench:
 
 @pytest.fixture(scope="module")
 async def bench(bench_settings) -> AsyncIterator[Bench]:
-    from nexus_app import build_app
-    from stores.api_keys import create_api_key
+    from external_agents.nexus_app import build_app
+    from external_agents.stores.api_keys import create_api_key
 
     app = build_app(bench_settings)
     async with app.fastapi_app.router.lifespan_context(app.fastapi_app):
@@ -339,7 +339,7 @@ async def _bare_page(
 
 
 async def test_filtered_page_latency(bench: Bench, report: Report) -> None:
-    from stores.api_keys import create_api_key
+    from external_agents.stores.api_keys import create_api_key
 
     organization = "bench-org-3"
     _row, key = await create_api_key(

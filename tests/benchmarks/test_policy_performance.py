@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from nodes.governance.policy_engine import Policy, PolicyRequest, evaluate
-from settings import ConflictResolution, PolicyFailMode
+from external_agents.nodes.governance.policy_engine import Policy, PolicyRequest, evaluate
+from external_agents.settings import ConflictResolution, PolicyFailMode
 
 POLICIES = 50
 ITERATIONS = 5_000

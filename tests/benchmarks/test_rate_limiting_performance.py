@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import redis.asyncio
 
-from nodes.governance.rate_limiter import (
+from external_agents.nodes.governance.rate_limiter import (
     FailoverRateLimiter,
     InProcessRateLimiter,
     RateLimits,

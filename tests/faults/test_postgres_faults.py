@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from stores.invocations import RECORD_RETRY_SECONDS
+from external_agents.stores.invocations import RECORD_RETRY_SECONDS
 from tests.faults.support import (
     HEADERS,
     SECRETS,

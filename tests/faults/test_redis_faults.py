@@ -25,7 +25,7 @@ import httpx
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from nodes.governance.rate_limiter import FAIL_CLOSED_DETAIL
+from external_agents.nodes.governance.rate_limiter import FAIL_CLOSED_DETAIL
 from tests.faults.support import (
     HEADERS,
     SECRETS,

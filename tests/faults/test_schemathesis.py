@@ -66,8 +66,8 @@ class Fixture:
 
 @pytest.fixture
 def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fixture]:
-    from models.migrate import upgrade
-    from nexus_app import build_app
+    from external_agents.models.migrate import upgrade
+    from external_agents.nexus_app import build_app
 
     data_dir = tmp_path_factory.mktemp("schemathesis")
     reset_postgres_database(DATABASE)
@@ -91,8 +91,8 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fixture]:
 
 
 async def create_key(app_settings: Any) -> None:
-    from stores.api_keys import create_api_key
-    from stores.database import create_engine
+    from external_agents.stores.api_keys import create_api_key
+    from external_agents.stores.database import create_engine
 
     engine = create_engine(app_settings)
     try:

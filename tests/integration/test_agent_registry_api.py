@@ -260,7 +260,7 @@ async def test_requests_without_valid_key_are_401(client, gateway, org):
 
 
 async def test_revoked_key_is_401(client, gateway):
-    from stores.api_keys import create_api_key, revoke_api_key
+    from external_agents.stores.api_keys import create_api_key, revoke_api_key
 
     row, key = await create_api_key(
         gateway.external_agents.engine, organization_id="org-r", name="r", permissions=["admin"]

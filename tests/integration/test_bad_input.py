@@ -346,8 +346,8 @@ async def test_hostile_json_values_are_a_clear_400_on_every_storing_route(
 async def private_app(data_dir: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Org]]:
     """An app of its own (SQLite): host workflows keep state between runs, and these tests must not leak theirs
     into the shared app."""
-    from models.migrate import upgrade
-    from nexus_app import build_app
+    from external_agents.models.migrate import upgrade
+    from external_agents.nexus_app import build_app
 
     settings = make_settings(f"sqlite:///{data_dir}/app.db", str(data_dir))
     upgrade(settings, report=lambda _line: None)

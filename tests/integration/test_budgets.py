@@ -23,10 +23,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from models import METADATA, TABLES
-from money import to_micros
-from settings import Settings
-from stores.budgets import (
+from external_agents.models import METADATA, TABLES
+from external_agents.money import to_micros
+from external_agents.settings import Settings
+from external_agents.stores.budgets import (
     BudgetLimits,
     BudgetRefusal,
     Reservation,
@@ -41,7 +41,7 @@ from stores.budgets import (
     reserve,
     settle,
 )
-from stores.database import create_engine
+from external_agents.stores.database import create_engine
 from tests.conftest import make_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -269,8 +269,8 @@ CHILD_SCRIPT = """
 import asyncio, sys
 from datetime import datetime
 import sqlalchemy as sa
-from stores.budgets import BudgetLimits, Reservation, reserve
-from stores.database import create_engine
+from external_agents.stores.budgets import BudgetLimits, Reservation, reserve
+from external_agents.stores.database import create_engine
 from tests.conftest import make_settings
 
 async def main(url, data_dir, agent_id, now, calls, allowed, amount):

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from channels.cli import app
+from external_agents.channels.cli import app
 from tests.conftest import TEST_FERNET_KEY, new_org
 from tests.integration.test_invoke_api import register, rows
 from tests.platform_server import ScriptedResponse
@@ -367,7 +367,7 @@ async def test_user_text_is_shown_as_typed(gateway, org, client, platform_server
 
 def test_help_is_fast_and_imports_nothing_heavy():
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, channels.cli; print(' '.join(sorted(sys.modules)))"],
+        [sys.executable, "-c", "import sys, external_agents.channels.cli; print(' '.join(sorted(sys.modules)))"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -386,9 +386,9 @@ def test_help_is_fast_and_imports_nothing_heavy():
 
 
 def test_remote_client_sends_the_identity_headers_rest_reads():
-    from channels.remote_client import CONTEXT_HEADER, IDENTITY_HEADERS
-    from nodes.invocation import CONTEXT_HEADER as REST_CONTEXT_HEADER
-    from nodes.invocation import OPTIONAL_IDENTITY, REQUIRED_IDENTITY
+    from external_agents.channels.remote_client import CONTEXT_HEADER, IDENTITY_HEADERS
+    from external_agents.nodes.invocation import CONTEXT_HEADER as REST_CONTEXT_HEADER
+    from external_agents.nodes.invocation import OPTIONAL_IDENTITY, REQUIRED_IDENTITY
 
     assert IDENTITY_HEADERS == dict((*REQUIRED_IDENTITY, *OPTIONAL_IDENTITY))
     assert CONTEXT_HEADER == REST_CONTEXT_HEADER

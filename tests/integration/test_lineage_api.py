@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 from kailash.workflow.builder import WorkflowBuilder
 
-from models import TABLES
+from external_agents.models import TABLES
 from tests.conftest import Org, new_org
 
 lineage = TABLES["invocation_lineage"]
@@ -524,7 +524,7 @@ async def test_export_openlineage_is_valid_run_events(client, org, gateway):
 
 
 async def test_export_batches_walk_equal_timestamps_without_loss_or_repeat(org, gateway):
-    from stores.lineage import EXPORT_COLUMN_NAMES, LineageFilters, iter_lineage_batches
+    from external_agents.stores.lineage import EXPORT_COLUMN_NAMES, LineageFilters, iter_lineage_batches
 
     same = [lineage_row(org.organization_id, request_timestamp=BASE_TIME) for _ in range(7)]
     later = [lineage_row(org.organization_id, request_timestamp=BASE_TIME + timedelta(seconds=1)) for _ in range(2)]
@@ -684,7 +684,7 @@ async def test_erasure_needs_erase_lineage(client, gateway):
 async def test_cli_lists_graphs_and_exports_through_the_same_workflows(gateway, org, tmp_path):
     from typer.testing import CliRunner
 
-    from channels.lineage_cli import lineage_app
+    from external_agents.channels.lineage_cli import lineage_app
 
     a, b, c = chain(org.organization_id, 3)
     a["external_agent_name"] = "[bold]markup[/bold]"  # shown as typed, never interpreted as Rich markup

@@ -320,9 +320,9 @@ def _stdio_env(tmp_path: Path, api_key: str | None) -> dict[str, str]:
 
 
 async def _migrated_key(tmp_path: Path, organization_id: str) -> str:
-    from models.migrate import upgrade
-    from stores.api_keys import create_api_key
-    from stores.database import create_engine
+    from external_agents.models.migrate import upgrade
+    from external_agents.stores.api_keys import create_api_key
+    from external_agents.stores.database import create_engine
 
     settings = make_settings(f"sqlite:///{tmp_path}/stdio.db", str(tmp_path))
     upgrade(settings, report=lambda _line: None)
@@ -338,7 +338,7 @@ async def test_seed_smoke_tests_over_stdio(tmp_path, platform_server):
     key = await _migrated_key(tmp_path, "stdio-org")
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "channels.cli", "mcp", "--stdio"],
+        args=["-m", "external_agents.channels.cli", "mcp", "--stdio"],
         env=_stdio_env(tmp_path, key),
         cwd=str(ROOT),
     )
@@ -361,7 +361,7 @@ async def test_stdio_refuses_a_missing_or_invalid_key_in_one_line(tmp_path, api_
     await _migrated_key(tmp_path, "stdio-org")
     done = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "channels.cli", "mcp", "--stdio"],
+        [sys.executable, "-m", "external_agents.channels.cli", "mcp", "--stdio"],
         env=_stdio_env(tmp_path, api_key),
         cwd=ROOT,
         stdin=subprocess.DEVNULL,

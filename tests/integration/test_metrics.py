@@ -123,9 +123,9 @@ async def test_redis_up_follows_a_ping(client, gateway, org):
 
 
 async def test_each_app_has_its_own_registry_and_sees_redis_down(tmp_path):
-    from models.migrate import upgrade
-    from nexus_app import build_app
-    from stores.api_keys import create_api_key
+    from external_agents.models.migrate import upgrade
+    from external_agents.nexus_app import build_app
+    from external_agents.stores.api_keys import create_api_key
 
     settings = make_settings(
         f"sqlite:///{tmp_path}/other.db", str(tmp_path), redis_url=closed_port_url("/0").replace("http", "redis")

@@ -24,9 +24,9 @@ from cryptography.fernet import Fernet
 from psycopg2 import sql
 from sqlalchemy.pool import NullPool
 
-from models import METADATA, migrate
-from models.migrations.objects import Kind, schema_objects
-from settings import Settings, load_settings
+from external_agents.models import METADATA, migrate
+from external_agents.models.migrations.objects import Kind, schema_objects
+from external_agents.settings import Settings, load_settings
 
 HEAD = "0002_execution_limits"
 

@@ -19,11 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
-from errors import PlatformError, PlatformTimeoutError
-from nodes.platforms import get_adapter
-from nodes.platforms.auth import OAuth2TokenCache, validate_auth_config
-from nodes.platforms.base import DeliveryOptions, DeliveryRequest, DeliveryResult
-from nodes.platforms.delivery import deliver
+from external_agents.errors import PlatformError, PlatformTimeoutError
+from external_agents.nodes.platforms import get_adapter
+from external_agents.nodes.platforms.auth import OAuth2TokenCache, validate_auth_config
+from external_agents.nodes.platforms.base import DeliveryOptions, DeliveryRequest, DeliveryResult
+from external_agents.nodes.platforms.delivery import deliver
 from tests.platform_server import TOKEN_PATH, PlatformServer, ScriptedResponse, closed_port_url
 
 OPTIONS = DeliveryOptions(

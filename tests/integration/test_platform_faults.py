@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from nodes.platforms.base import DeliveryOptions
+from external_agents.nodes.platforms.base import DeliveryOptions
 from tests.conftest import TEST_REDIS_URL, make_settings, new_org, reset_postgres_database
 from tests.faults.support import drop_database
 from tests.platform_server import PlatformServer, ScriptedResponse, closed_port_url
@@ -126,8 +126,8 @@ def resetting_server() -> Iterator[RawServer]:
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 async def fault_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres_url: str):
     """An app of its own with a short delivery timeout and two retries (the shared one has 2 s and one)."""
-    from models.migrate import upgrade
-    from nexus_app import build_app
+    from external_agents.models.migrate import upgrade
+    from external_agents.nexus_app import build_app
 
     data_dir = tmp_path_factory.mktemp(f"platform-faults-{request.param}")
     overrides: dict[str, Any] = {

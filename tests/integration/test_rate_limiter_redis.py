@@ -29,9 +29,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from errors import ServiceUnavailableError, StorageError
-from nodes.governance import rate_limiter as rate_limiter_module
-from nodes.governance.rate_limiter import (
+from external_agents.errors import ServiceUnavailableError, StorageError
+from external_agents.nodes.governance import rate_limiter as rate_limiter_module
+from external_agents.nodes.governance.rate_limiter import (
     FAIL_CLOSED_DETAIL,
     FailoverRateLimiter,
     InProcessRateLimiter,
@@ -205,7 +205,7 @@ async def test_exact_under_concurrency(redis_client: redis.asyncio.Redis, key_pr
 CHILD_SCRIPT = """
 import asyncio, json, sys
 import redis.asyncio
-from nodes.governance.rate_limiter import RateLimits, RedisRateLimiter
+from external_agents.nodes.governance.rate_limiter import RateLimits, RedisRateLimiter
 
 async def main(url, prefix, calls, per_minute):
     pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=20, timeout=10)

@@ -23,10 +23,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
-from errors import ConflictError, ValidationError
-from models import TABLES
-from stores import retention
-from stores.retention import billing_cutoff, lineage_cutoff, read_archive, run_retention
+from external_agents.errors import ConflictError, ValidationError
+from external_agents.models import TABLES
+from external_agents.stores import retention
+from external_agents.stores.retention import billing_cutoff, lineage_cutoff, read_archive, run_retention
 from tests.conftest import make_settings, reset_postgres_database
 
 lineage = TABLES["invocation_lineage"]
@@ -40,7 +40,7 @@ class SimulatedCrash(Exception):
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def retention_settings(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres_url: str):
-    from models.migrate import upgrade
+    from external_agents.models.migrate import upgrade
 
     data_dir = tmp_path_factory.mktemp(f"retention-{request.param}")
     if request.param == "postgres":
@@ -55,7 +55,7 @@ def retention_settings(request: pytest.FixtureRequest, tmp_path_factory: pytest.
 
 @pytest.fixture
 async def engine(retention_settings) -> AsyncIterator[AsyncEngine]:
-    from stores.database import create_engine
+    from external_agents.stores.database import create_engine
 
     engine = create_engine(retention_settings)
     async with engine.begin() as connection:
@@ -251,7 +251,7 @@ def test_cutoffs() -> None:
 
 
 async def test_cli_retention_run_reports_what_it_archived(engine, retention_settings, tmp_path):
-    from channels.lineage_cli import lineage_app
+    from external_agents.channels.lineage_cli import lineage_app
 
     await seed(engine)
     # The CLI takes its cutoff from the clock, so these are dated from now rather than from NOW.

@@ -9,10 +9,10 @@ import pytest
 from cryptography.fernet import Fernet, InvalidToken
 from typer.testing import CliRunner, Result
 
-from app_state import build_state
-from channels.cli import app
-from credential_cipher import CredentialCipher
-from stores.agents import all_credential_tokens, replace_credential_token
+from external_agents.app_state import build_state
+from external_agents.channels.cli import app
+from external_agents.credential_cipher import CredentialCipher
+from external_agents.stores.agents import all_credential_tokens, replace_credential_token
 from tests.conftest import TEST_FERNET_KEY, make_settings, reset_postgres_database
 
 NEW_KEY = Fernet.generate_key().decode()
@@ -21,7 +21,7 @@ CALLER = {"api_key_id": "k", "organization_id": "org-rotate"}
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def database(request, tmp_path):
-    from models.migrate import upgrade
+    from external_agents.models.migrate import upgrade
 
     if request.param == "postgres":
         url = "postgresql://postgres@127.0.0.1:5432/ea_rotate_test"

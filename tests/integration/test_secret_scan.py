@@ -78,8 +78,8 @@ def all_logs() -> Iterator[CaptureAll]:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 async def scan_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres_url: str):
-    from models.migrate import upgrade
-    from nexus_app import build_app
+    from external_agents.models.migrate import upgrade
+    from external_agents.nexus_app import build_app
 
     data_dir = tmp_path_factory.mktemp(f"secret-scan-{request.param}")
     if request.param == "postgres":

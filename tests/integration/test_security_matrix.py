@@ -34,7 +34,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from stores.api_keys import PERMISSIONS, create_api_key, hash_key, revoke_api_key
+from external_agents.stores.api_keys import PERMISSIONS, create_api_key, hash_key, revoke_api_key
 from tests.conftest import Org, make_settings, new_org
 from tests.platform_server import PlatformServer, ScriptedResponse
 
@@ -576,8 +576,8 @@ URL_FIELDS = [
 @pytest.fixture(scope="module")
 async def strict_gateway(tmp_path_factory: pytest.TempPathFactory):
     """An app as production runs it: private webhooks refused (the shared test app allows them)."""
-    from models.migrate import upgrade
-    from nexus_app import build_app
+    from external_agents.models.migrate import upgrade
+    from external_agents.nexus_app import build_app
 
     data_dir = tmp_path_factory.mktemp("strict-webhooks")
     settings = make_settings(
@@ -725,7 +725,7 @@ def compare_digest_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple
 
 
 async def test_api_keys_are_looked_up_by_hash_and_compared_in_constant_time(gateway, world, compare_digest_calls):
-    from stores.api_keys import authenticate
+    from external_agents.stores.api_keys import authenticate
 
     engine = gateway.external_agents.engine
     statements: list[str] = []

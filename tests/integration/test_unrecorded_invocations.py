@@ -16,12 +16,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from models import TABLES
-from money import to_micros
-from stores.budgets import BudgetLimits, Reservation, current_spend, reserve
-from stores.invocations import record_invocation, replay_unrecorded
-from stores.lineage import erase_user_lineage
-from stores.unrecorded import UnrecordedJournal
+from external_agents.models import TABLES
+from external_agents.money import to_micros
+from external_agents.stores.budgets import BudgetLimits, Reservation, current_spend, reserve
+from external_agents.stores.invocations import record_invocation, replay_unrecorded
+from external_agents.stores.lineage import erase_user_lineage
+from external_agents.stores.unrecorded import UnrecordedJournal
 from tests.integration.test_invoke_api import invoke, register
 
 NOW = datetime.now(UTC)

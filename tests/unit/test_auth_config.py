@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from errors import ValidationError
-from nodes.platforms.auth import validate_auth_config
-from nodes.platforms.delivery import parse_retry_after, redact
+from external_agents.errors import ValidationError
+from external_agents.nodes.platforms.auth import validate_auth_config
+from external_agents.nodes.platforms.delivery import parse_retry_after, redact
 
 TOKEN_URL = "https://login.example.com/oauth2/token"
 

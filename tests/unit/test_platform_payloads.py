@@ -14,13 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from errors import PlatformError, ValidationError
-from nodes.platforms import ADAPTERS, get_adapter, validate_platform_config
-from nodes.platforms.base import DeliveryOptions, DeliveryRequest, truncate, utf16_len
-from nodes.platforms.notion import split_text
-from nodes.platforms.slack import escape_mrkdwn
-from nodes.platforms.teams import uses_message_card
-from nodes.platforms.telegram import MARKDOWN_V2_SPECIAL, escape_markdown_v2, escape_markdown_v2_code
+from external_agents.errors import PlatformError, ValidationError
+from external_agents.nodes.platforms import ADAPTERS, get_adapter, validate_platform_config
+from external_agents.nodes.platforms.base import DeliveryOptions, DeliveryRequest, truncate, utf16_len
+from external_agents.nodes.platforms.notion import split_text
+from external_agents.nodes.platforms.slack import escape_mrkdwn
+from external_agents.nodes.platforms.teams import uses_message_card
+from external_agents.nodes.platforms.telegram import MARKDOWN_V2_SPECIAL, escape_markdown_v2, escape_markdown_v2_code
 
 HOOK = "https://hooks.example.com/x"
 BOT_TOKEN = "123456:ABC-DEF_ghijklmnopqrstuvwxyz"

@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from errors import ValidationError
-from nodes.governance.policy_engine import (
+from external_agents.errors import ValidationError
+from external_agents.nodes.governance.policy_engine import (
     Policy,
     PolicyDecision,
     PolicyRequest,
@@ -19,7 +19,7 @@ from nodes.governance.policy_engine import (
     validate_conditions,
     validate_policy_fields,
 )
-from settings import ConflictResolution, PolicyFailMode
+from external_agents.settings import ConflictResolution, PolicyFailMode
 
 # Wednesday 2025-01-15 14:00 UTC is 09:00 in New York (EST, UTC-5).
 WINTER_14_UTC = datetime(2025, 1, 15, 14, 0, tzinfo=UTC)

@@ -14,8 +14,8 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from errors import ServiceUnavailableError, StorageError, ValidationError
-from nodes.governance.rate_limiter import (
+from external_agents.errors import ServiceUnavailableError, StorageError, ValidationError
+from external_agents.nodes.governance.rate_limiter import (
     FAIL_CLOSED_DETAIL,
     FailoverRateLimiter,
     InProcessRateLimiter,

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from settings import SettingsError, load_settings
+from external_agents.settings import SettingsError, load_settings
 from tests.conftest import TEST_FERNET_KEY
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from errors import ValidationError
-from nodes.platforms.webhook_url import check_webhook_url, resolve_and_check, resolve_public_addresses
+from external_agents.errors import ValidationError
+from external_agents.nodes.platforms.webhook_url import check_webhook_url, resolve_and_check, resolve_public_addresses
 
 FIELD = "platform_config.webhook_url"
 UNLESS = "refused unless EXTERNAL_AGENT_ALLOW_PRIVATE_WEBHOOKS=true"

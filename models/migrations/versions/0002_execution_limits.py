@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from models.migrations.steps import create_missing, drop_present
+from external_agents.models.migrations.steps import create_missing, drop_present
 
 revision: str = "0002_execution_limits"
 down_revision: str | Sequence[str] | None = "0001_external_agents"

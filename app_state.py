@@ -15,9 +15,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from external_agents.channels.invocations import MeteredRunner
-from external_agents.channels.metrics import GatewayMetrics
 from external_agents.credential_cipher import CredentialCipher
+from external_agents.gateway.metrics import GatewayMetrics
+from external_agents.gateway.operations import MeteredRunner
 from external_agents.nodes.agents import AgentDefaults
 from external_agents.nodes.governance.budget import BudgetThresholds
 from external_agents.nodes.governance.policy_cache import PolicyCache

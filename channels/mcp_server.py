@@ -26,8 +26,8 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
-from external_agents.channels.invocations import LocalGateway
 from external_agents.channels.remote_client import GatewayError
+from external_agents.gateway.operations import LocalGateway
 from external_agents.nodes.lineage import DEFAULT_DEPTH, MAX_DEPTH, MAX_PAGE, MAX_PAGE_SIZE
 from external_agents.nodes.platforms import ADAPTERS
 from external_agents.nodes.platforms.auth import AUTH_TYPES

@@ -1,6 +1,6 @@
 """The command line's way to a running gateway (`--url`): the REST API over httpx, with the bearer API key.
 
-`RemoteGateway` has the methods of `channels.invocations.LocalGateway`, with the same arguments and results,
+`RemoteGateway` has the methods of `gateway.operations.LocalGateway`, with the same arguments and results,
 so each command is written once and runs in-process or against a server. A non-2xx answer raises
 `GatewayError`, carrying the server's status code and JSON error body; `LocalGateway` raises it too, with the
 body REST would send. Both live here because this module stays light (httpx only): a `--url` command never

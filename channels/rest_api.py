@@ -10,7 +10,6 @@ from starlette.responses import JSONResponse, Response
 
 from external_agents.channels.error_responses import request_id_of
 from external_agents.channels.invocation_responses import invocation_response
-from external_agents.channels.invocations import run_invocation
 from external_agents.channels.route_support import (
     answer,
     caller_input,
@@ -19,6 +18,7 @@ from external_agents.channels.route_support import (
     read_json_body,
     state_of,
 )
+from external_agents.gateway.operations import run_invocation
 from external_agents.nodes.invocation import CONTEXT_HEADER, OPTIONAL_IDENTITY, REQUIRED_IDENTITY
 from external_agents.request_models import AgentCreate, AgentUpdate, InvocationBody
 from external_agents.stores.database import ping

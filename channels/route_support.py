@@ -14,9 +14,9 @@ from starlette.responses import JSONResponse, Response
 from external_agents.app_state import AppState
 from external_agents.channels.auth import caller_with
 from external_agents.channels.error_responses import request_id_of
-from external_agents.channels.invocations import LocalGateway
 from external_agents.channels.remote_client import GatewayError
 from external_agents.errors import ValidationError
+from external_agents.gateway.operations import LocalGateway
 from external_agents.request_models import load_json
 
 

@@ -684,7 +684,7 @@ async def test_erasure_needs_erase_lineage(client, gateway):
 async def test_cli_lists_graphs_and_exports_through_the_same_workflows(gateway, org, tmp_path):
     from typer.testing import CliRunner
 
-    from external_agents.channels.lineage_cli import lineage_app
+    from external_agents.channels.cli.lineage import lineage_app
 
     a, b, c = chain(org.organization_id, 3)
     a["external_agent_name"] = "[bold]markup[/bold]"  # shown as typed, never interpreted as Rich markup

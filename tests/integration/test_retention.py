@@ -251,7 +251,7 @@ def test_cutoffs() -> None:
 
 
 async def test_cli_retention_run_reports_what_it_archived(engine, retention_settings, tmp_path):
-    from external_agents.channels.lineage_cli import lineage_app
+    from external_agents.channels.cli.lineage import lineage_app
 
     await seed(engine)
     # The CLI takes its cutoff from the clock, so these are dated from now rather than from NOW.

@@ -10,7 +10,7 @@ the REST API and print the same results, in one of two modes:
   that organisation (recorded as actor "cli-operator"); `--org` wins over a key;
 - against a running gateway with `--url` (or KAIZEN_URL) and the key, over HTTP.
 `--json` prints the API's JSON response (on a refusal, its error body) for scripts; otherwise tables.
-`lineage list|graph` (channels/lineage_cli.py) work the same way; `lineage export` and `lineage retention`
+`lineage list|graph` (channels/cli/lineage.py) work the same way; `lineage export` and `lineage retention`
 run in-process only, with `--org` for export.
 
 Exit codes: 0 done; 1 the operation failed (a permission refusal, a conflict, a failed delivery, a fault);
@@ -32,15 +32,15 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from external_agents.channels.cli_options import ApiKey, Org, Url
-from external_agents.channels.lineage_cli import lineage_app
+from external_agents.channels.cli.lineage import lineage_app
+from external_agents.channels.cli.options import ApiKey, Org, Url
 
 if TYPE_CHECKING:
     from rich.table import Table
 
     from external_agents.app_state import AppState
-    from external_agents.channels.invocations import LocalGateway
     from external_agents.channels.remote_client import GatewayError, RemoteGateway
+    from external_agents.gateway.operations import LocalGateway
     from external_agents.settings import Settings
     from external_agents.stores.api_keys import Caller
 
@@ -214,8 +214,8 @@ def describe(error: GatewayError) -> str:
 
 
 async def _local_caller(state: AppState, where: Target) -> Caller:
-    from external_agents.channels.invocations import operator_caller
     from external_agents.channels.remote_client import GatewayError
+    from external_agents.gateway.operations import operator_caller
     from external_agents.stores.api_keys import authenticate
 
     if where.org:
@@ -247,7 +247,7 @@ async def _call(where: Target, settings: Settings | None, operation: Callable[[G
     import logging
 
     from external_agents.app_state import build_state
-    from external_agents.channels.invocations import LocalGateway
+    from external_agents.gateway.operations import LocalGateway
     from external_agents.nexus_app import configure_logging
 
     assert settings is not None
@@ -1037,7 +1037,3 @@ async def _serve_mcp_stdio(settings: Settings, where: Target) -> None:
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()

@@ -26,7 +26,7 @@ from external_agents.workflows.runner import WorkflowFailedError, WorkflowRunner
 
 if TYPE_CHECKING:
     from external_agents.app_state import AppState
-    from external_agents.channels.metrics import GatewayMetrics
+    from external_agents.gateway.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 

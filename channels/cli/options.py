@@ -1,6 +1,6 @@
 """Where a gateway command runs and as whom: the options every such command of the command line takes.
 
-In their own module so that channels/cli.py and channels/lineage_cli.py (which cli.py imports) share them.
+Shared by every module of the command line.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The `lineage` commands of the command line: list, graph and export run the same workflows as the REST API;
 `retention run` archives and deletes old rows with a progress bar.
 
-`list` and `graph` run where the gateway commands do (channels/cli.py): in-process with `--api-key` or
+`list` and `graph` run where the gateway commands do (channels/cli): in-process with `--api-key` or
 `--org`, or against a running gateway with `--url` and `--api-key`. `export` streams from the configured
 database in-process, for the organisation `--org` names; `retention` is the operator's, in-process. Heavy
-packages are imported inside the commands, so `--help` answers at once. Exit codes as in channels/cli.py.
+packages are imported inside the commands, so `--help` answers at once. Exit codes as in channels/cli.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from external_agents.channels.cli_options import ApiKey, Org, Url
+from external_agents.channels.cli.options import ApiKey, Org, Url
 
 if TYPE_CHECKING:
     from kailash.workflow import Workflow

@@ -1,0 +1,104 @@
+"""Prometheus metrics of the gateway: the registry every channel's invocations are counted in.
+
+Each app owns its own `CollectorRegistry` (never the process-global one), so several apps can live in one
+process, as they do in the tests. Invocation series are recorded from an invocation's outcome by
+`gateway.operations`, the one path every channel's invocations take; `redis_up` is refreshed by a ping on
+each scrape by the route in `channels.metrics`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Webhook deliveries may take up to the configured timeout (30 s by default) per attempt, with retries.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class OrganizationSeries:
+    """One organisation's invocation series, in a registry of their own: a scrape shows the caller's organisation
+    only, so one organisation never learns another's agent ids or traffic."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.budget_usage = Gauge(
+            "external_agent_budget_usage_percentage",
+            "Share of the agent's monthly budget spent, in percent, as of its latest invocation.",
+            ["agent_id"],
+            registry=self.registry,
+        )
+        self.rate_limit_remaining = Gauge(
+            "external_agent_rate_limit_remaining",
+            "Invocations left in the agent's tightest rate-limit window, as of its latest invocation.",
+            ["agent_id"],
+            registry=self.registry,
+        )
+        self.policy_denials = Counter(
+            "external_agent_policy_denials",
+            "Invocations denied by an ABAC policy.",
+            registry=self.registry,
+        )
+        self.webhook_failures = Counter(
+            "external_agent_webhook_failures",
+            "Invocations whose delivery to the platform failed or timed out.",
+            registry=self.registry,
+        )
+        self.invocations = Counter(
+            "external_agent_invocations",
+            "Invocations by outcome status (success, failure, timeout, denied).",
+            ["status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "external_agent_invocation_duration_seconds",
+            "Time from accepting an invocation to recording it, governance and delivery included.",
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+
+
+class GatewayMetrics:
+    """The gateway's series: per organisation (OrganizationSeries) and the process's own `redis_up`.
+
+    `redis_configured`: without Redis there is no `redis_up` series at all, rather than a permanent 0 that
+    would read as an outage.
+    """
+
+    def __init__(self, *, redis_configured: bool) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.redis_up = (
+            Gauge("redis_up", "1 when Redis answered a ping at the last scrape, else 0.", registry=self.registry)
+            if redis_configured
+            else None
+        )
+        self.organizations: dict[str, OrganizationSeries] = {}
+
+    def record_invocation(self, outcome: dict[str, Any], *, agent_id: str, organization_id: str) -> None:
+        """Count one invocation from its outcome (see nodes.record_invocation.outcome_of)."""
+        series = self._series(organization_id)
+        status = outcome["status"]
+        series.invocations.labels(status=status).inc()
+        series.duration.observe(outcome["duration_ms"] / 1000)
+        denial = outcome["denial"]
+        if denial is not None and denial["kind"] == "policy":
+            series.policy_denials.inc()
+        if status in ("failure", "timeout"):
+            series.webhook_failures.inc()
+        rate_limit = outcome.get("rate_limit")
+        if rate_limit:
+            series.rate_limit_remaining.labels(agent_id=agent_id).set(rate_limit["remaining"])
+        # Present only when the budget step reserved: a denial before it (or by it) says nothing of spend.
+        budget = outcome.get("budget")
+        if budget:
+            series.budget_usage.labels(agent_id=agent_id).set(round(budget["usage"] * 100, 2))
+
+    def _series(self, organization_id: str) -> OrganizationSeries:
+        series = self.organizations.get(organization_id)
+        if series is None:
+            series = self.organizations[organization_id] = OrganizationSeries()
+        return series
+
+    def exposition(self, organization_id: str) -> bytes:
+        """`redis_up` and the organisation's own series (zero until its first invocation)."""
+        return generate_latest(self.registry) + generate_latest(self._series(organization_id).registry)

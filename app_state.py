@@ -16,8 +16,7 @@ from redis.backoff import NoBackoff
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from external_agents.credential_cipher import CredentialCipher
-from external_agents.gateway.metrics import GatewayMetrics
-from external_agents.gateway.operations import MeteredRunner
+from external_agents.gateway.metrics import GatewayMetrics, MeteredRunner
 from external_agents.nodes.agents import AgentDefaults
 from external_agents.nodes.governance.budget import BudgetThresholds
 from external_agents.nodes.governance.policy_cache import PolicyCache

@@ -59,6 +59,11 @@ def error_body(
     }
 
 
+def error_body_of(exc: ExternalAgentsError, *, request_id: str) -> dict[str, Any]:
+    """The body one of our errors is answered with, on every channel (REST, MCP, the command line)."""
+    return error_body(exc.status_code, exc.detail, request_id=request_id, error_code=exc.error_code, **exc.extra)
+
+
 def error_response(
     status_code: int,
     detail: str,
@@ -115,8 +120,9 @@ def database_unreachable(exc: BaseException) -> bool:
 def install_error_handlers(app: FastAPI) -> None:
     async def own_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ExternalAgentsError)
-        return error_response(
-            exc.status_code, exc.detail, request_id=request_id_of(request), error_code=exc.error_code, **exc.extra
+        request_id = request_id_of(request)
+        return JSONResponse(
+            error_body_of(exc, request_id=request_id), status_code=exc.status_code, headers={"X-Request-ID": request_id}
         )
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime
 from typing import Any
@@ -86,3 +87,10 @@ def invocation_response(outcome: dict[str, Any], *, request_id: str) -> JSONResp
         )
         return JSONResponse(body, status_code=status_code, headers=headers)
     return JSONResponse(success_body(outcome), headers=headers)
+
+
+def invocation_answer(outcome: dict[str, Any], *, request_id: str) -> tuple[int, dict[str, Any]]:
+    """The status code and JSON body REST answers an outcome with, for channels without headers (MCP, the CLI):
+    the REST mapping itself, so status, detail and denial fields cannot drift apart between channels."""
+    response = invocation_response(outcome, request_id=request_id)
+    return response.status_code, json.loads(response.body)

@@ -12,20 +12,10 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response, StreamingResponse
 
-from external_agents.channels.route_support import answer, caller_input, gateway_for, state_of
-from external_agents.nodes.lineage import (
-    DEFAULT_DEPTH,
-    DEFAULT_PAGE_SIZE,
-    MAX_DEPTH,
-    MAX_PAGE,
-    MAX_PAGE_SIZE,
-    export_chunks,
-)
-from external_agents.workflows.lineage import EXPORT_NODE
+from external_agents.channels.route_support import answer, gateway_for
+from external_agents.nodes.lineage import DEFAULT_DEPTH, DEFAULT_PAGE_SIZE, MAX_DEPTH, MAX_PAGE, MAX_PAGE_SIZE
 
 router = APIRouter(prefix="/api/lineage", tags=["lineage"])
-
-READ = "read:lineage"
 
 
 def _filters(
@@ -107,8 +97,6 @@ async def export_lineage(
     start_date: str | None = Query(None, description=DATE_HELP),
     end_date: str | None = Query(None, description=DATE_HELP),
 ) -> StreamingResponse:
-    caller = caller_input(request, READ)
-    state = state_of(request)
     filters = _filters(
         external_user_email=external_user_email,
         external_agent_id=external_agent_id,
@@ -118,14 +106,11 @@ async def export_lineage(
         start_date=start_date,
         end_date=end_date,
     )
-    results = await state.runner.run(
-        state.lineage.export, {EXPORT_NODE: {"caller": caller, "format": format, "filters": filters}}
-    )
-    export = results[EXPORT_NODE]["export"]
+    export = await gateway_for(request).export_lineage(filters=filters, export_format=format)
     return StreamingResponse(
-        export_chunks(state.engine, export=export),
-        media_type=export["media_type"],
-        headers={"Content-Disposition": f'attachment; filename="{export["filename"]}"'},
+        export.chunks,
+        media_type=export.media_type,
+        headers={"Content-Disposition": f'attachment; filename="{export.filename}"'},
     )
 
 

@@ -26,7 +26,9 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
-from external_agents.channels.remote_client import GatewayError
+from external_agents.channels.error_responses import error_body_of
+from external_agents.channels.invocation_responses import invocation_answer
+from external_agents.errors import ExternalAgentsError
 from external_agents.gateway.operations import LocalGateway
 from external_agents.nodes.lineage import DEFAULT_DEPTH, MAX_DEPTH, MAX_PAGE, MAX_PAGE_SIZE
 from external_agents.nodes.platforms import ADAPTERS
@@ -97,8 +99,8 @@ class GatewayTools:
         gateway = LocalGateway(self.state, self.caller_of(ctx), request_id=_request_id(ctx))
         try:
             return await operation(gateway)
-        except GatewayError as exc:
-            raise ToolError(json.dumps(exc.body, ensure_ascii=False)) from None
+        except ExternalAgentsError as exc:
+            raise ToolError(json.dumps(error_body_of(exc, request_id=gateway.request_id), ensure_ascii=False)) from None
 
     async def list_agents(
         self,
@@ -215,7 +217,15 @@ class GatewayTools:
             body["context"] = context
         if metadata is not None:
             body["metadata"] = metadata
-        return await self._call(ctx, lambda gw: gw.invoke(agent_id, identity=identity, body=body))
+
+        async def invoke(gateway: LocalGateway) -> JsonObject:
+            outcome = await gateway.invoke(agent_id, identity=identity, body=body)
+            status_code, answer = invocation_answer(outcome, request_id=gateway.request_id)
+            if status_code != 200:
+                raise ToolError(json.dumps(answer, ensure_ascii=False))
+            return answer
+
+        return await self._call(ctx, invoke)
 
     async def governance_status(self, ctx: Context, agent_id: AgentId) -> JsonObject:
         """Budget (spent, remaining, usage_percentage, warning/degraded flags), rate limit (remaining, current

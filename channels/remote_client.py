@@ -1,10 +1,11 @@
 """The command line's way to a running gateway (`--url`): the REST API over httpx, with the bearer API key.
 
-`RemoteGateway` has the methods of `gateway.operations.LocalGateway`, with the same arguments and results,
-so each command is written once and runs in-process or against a server. A non-2xx answer raises
-`GatewayError`, carrying the server's status code and JSON error body; `LocalGateway` raises it too, with the
-body REST would send. Both live here because this module stays light (httpx only): a `--url` command never
-imports the workflow engine.
+`RemoteGateway` has the methods of `gateway.operations.LocalGateway`, with the same arguments, and returns
+REST's JSON (for `invoke`, REST's answer rather than the outcome: see `channels.cli.calls.invoke_answer`), so
+each command is written once and runs in-process or against a server. A non-2xx answer raises `GatewayError`,
+carrying the server's status code and JSON error body; in-process, the command line raises it too, with the
+body REST would send, so a command handles one kind of refusal. Both live here because this module stays light
+(httpx only): a `--url` command never imports the workflow engine.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """What every REST router needs: the app state, the authorised caller, a JSON body read as sent, and the
-in-process gateway that runs each operation exactly as MCP and the command line run it."""
+gateway that runs each operation exactly as MCP and the command line run it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from starlette.responses import JSONResponse, Response
 from external_agents.app_state import AppState
 from external_agents.channels.auth import caller_with
 from external_agents.channels.error_responses import request_id_of
-from external_agents.channels.remote_client import GatewayError
 from external_agents.errors import ValidationError
 from external_agents.gateway.operations import LocalGateway
 from external_agents.request_models import load_json
@@ -58,11 +57,8 @@ def gateway_for(request: Request) -> LocalGateway:
 
 
 async def answer(operation: Awaitable[Any], *, status_code: int = 200) -> Response:
-    """The operation's JSON, or the error body and status it was refused with (one mapping for every channel)."""
-    try:
-        result = await operation
-    except GatewayError as exc:
-        return JSONResponse(exc.body, status_code=exc.status_code, headers={"X-Request-ID": exc.body["request_id"]})
+    """The operation's JSON; an error it raises is answered by the app's error handlers (channels/error_responses)."""
+    result = await operation
     if result is None:
         return Response(status_code=status_code)
     return JSONResponse(result, status_code=status_code)

@@ -1,16 +1,20 @@
-"""Prometheus metrics of the gateway: the registry every channel's invocations are counted in.
+"""Prometheus metrics of the gateway: the registry every invocation is counted in, and the runner that counts.
 
 Each app owns its own `CollectorRegistry` (never the process-global one), so several apps can live in one
 process, as they do in the tests. Invocation series are recorded from an invocation's outcome by
-`gateway.operations`, the one path every channel's invocations take; `redis_up` is refreshed by a ping on
-each scrape by the route in `channels.metrics`.
+`run_and_record`, the one path every invocation takes (a channel's through `gateway.operations.run_invocation`,
+a host workflow's through `MeteredRunner`); `redis_up` is refreshed by a ping on each scrape by the route in
+`channels.metrics`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from kailash.workflow import Workflow
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from external_agents.workflows.runner import WorkflowRunner
 
 # Webhook deliveries may take up to the configured timeout (30 s by default) per attempt, with retries.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -102,3 +106,29 @@ class GatewayMetrics:
     def exposition(self, organization_id: str) -> bytes:
         """`redis_up` and the organisation's own series (zero until its first invocation)."""
         return generate_latest(self.registry) + generate_latest(self._series(organization_id).registry)
+
+
+async def run_and_record(
+    runner: WorkflowRunner, *, workflow: Workflow, metrics: GatewayMetrics, prepare: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Run the invocation workflow with `prepare`'s inputs and count its outcome."""
+    results = await runner.run(workflow, {"prepare": prepare})
+    metrics.record_invocation(
+        results["record"]["outcome"], agent_id=prepare["agent_id"], organization_id=prepare["caller"]["organization_id"]
+    )
+    return results
+
+
+class MeteredRunner:
+    """The runner handed to `InvokeExternalAgentNode`s of host workflows: invocations they start are counted in
+    the metrics exactly like the channels' own; every other workflow runs unchanged."""
+
+    def __init__(self, runner: WorkflowRunner, *, invoke_workflow: Workflow, metrics: GatewayMetrics) -> None:
+        self.runner = runner
+        self.invoke_workflow = invoke_workflow
+        self.metrics = metrics
+
+    async def run(self, workflow: Workflow, inputs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if workflow is not self.invoke_workflow:
+            return await self.runner.run(workflow, inputs)
+        return await run_and_record(self.runner, workflow=workflow, metrics=self.metrics, prepare=inputs["prepare"])

@@ -1,32 +1,39 @@
-"""The gateway's operations run in-process, as the REST routes run them, for the channels that are not HTTP routes.
+"""The gateway's operations, one method each, shared by every channel: REST routes, MCP tools and the command line.
 
 `run_invocation` is the one path every invocation takes, whichever channel sent it (the REST route, an MCP tool,
-the command line, or an `InvokeExternalAgentNode` inside a host workflow, through `MeteredRunner`): it runs the
-invocation workflow and records the outcome's metrics. `LocalGateway` gives MCP and the command line each
-REST operation as a method: the same workflow, the same inputs, the same permission check, and the same JSON
-the REST route answers; a refusal is a `GatewayError` carrying the status code and body REST would send.
+the command line; an `InvokeExternalAgentNode` inside a host workflow goes through `gateway.metrics.MeteredRunner`):
+it runs the invocation workflow and records the outcome's metrics. `LocalGateway` holds every other operation for
+one authenticated caller: the permission check, the workflow and its inputs. An operation returns its result
+(the JSON-ready value REST answers with, or for an invocation its outcome, a denial included) or raises one of
+`external_agents.errors`; each channel turns those into its own answer (status code, tool error, exit code).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kailash.workflow import Workflow
 
-from external_agents.channels.error_responses import error_body
-from external_agents.channels.invocation_responses import invocation_response
-from external_agents.channels.remote_client import GatewayError
 from external_agents.errors import ExternalAgentsError, ForbiddenError, NotFoundError, ValidationError
+from external_agents.gateway.metrics import run_and_record
+from external_agents.nodes.lineage import export_chunks
 from external_agents.stores.api_keys import Caller
-from external_agents.workflows.lineage import GET_NODE, GRAPH_NODE, LIST_NODE, USER_ACCESS_NODE, USER_ERASURE_NODE
-from external_agents.workflows.runner import WorkflowFailedError, WorkflowRunner
+from external_agents.workflows.lineage import (
+    EXPORT_NODE,
+    GET_NODE,
+    GRAPH_NODE,
+    LIST_NODE,
+    USER_ACCESS_NODE,
+    USER_ERASURE_NODE,
+)
+from external_agents.workflows.runner import WorkflowFailedError
 
 if TYPE_CHECKING:
     from external_agents.app_state import AppState
-    from external_agents.gateway.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +49,6 @@ LINEAGE_FILTERS = (
 GRAPH_SELECTORS = ("session_id", "trace_id", "invocation_id", "workflow_id")
 
 
-async def _run_and_record(
-    runner: WorkflowRunner, *, workflow: Workflow, metrics: GatewayMetrics, prepare: dict[str, Any]
-) -> dict[str, dict[str, Any]]:
-    results = await runner.run(workflow, {"prepare": prepare})
-    metrics.record_invocation(
-        results["record"]["outcome"], agent_id=prepare["agent_id"], organization_id=prepare["caller"]["organization_id"]
-    )
-    return results
-
-
 async def run_invocation(
     state: AppState,
     *,
@@ -61,30 +58,15 @@ async def run_invocation(
     body: Any,
     workflow_id: str | None = None,
 ) -> dict[str, Any]:
-    """Run the invocation workflow and record its metrics; returns the outcome (see invocation_responses).
+    """Run the invocation workflow and record its metrics; returns the outcome (a denial is an outcome too).
 
     `caller` is `{api_key_id, organization_id}`; `identity` the external identity by field name.
     """
     prepare: dict[str, Any] = {"caller": caller, "agent_id": agent_id, "identity": identity, "body": body}
     if workflow_id is not None:
         prepare["workflow_id"] = workflow_id
-    results = await _run_and_record(state.runner, workflow=state.invoke, metrics=state.metrics, prepare=prepare)
+    results = await run_and_record(state.runner, workflow=state.invoke, metrics=state.metrics, prepare=prepare)
     return results["record"]["outcome"]
-
-
-class MeteredRunner:
-    """The runner handed to `InvokeExternalAgentNode`s of host workflows: invocations they start are counted in
-    the metrics exactly like the channels' own; every other workflow runs unchanged."""
-
-    def __init__(self, runner: WorkflowRunner, *, invoke_workflow: Workflow, metrics: GatewayMetrics) -> None:
-        self.runner = runner
-        self.invoke_workflow = invoke_workflow
-        self.metrics = metrics
-
-    async def run(self, workflow: Workflow, inputs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        if workflow is not self.invoke_workflow:
-            return await self.runner.run(workflow, inputs)
-        return await _run_and_record(self.runner, workflow=workflow, metrics=self.metrics, prepare=inputs["prepare"])
 
 
 # Recorded where a key's id would be (created_by, lineage, audit) for an operator acting without a key.
@@ -101,33 +83,38 @@ def operator_caller(organization_id: str) -> Caller:
     return Caller(api_key_id=OPERATOR_ACTOR, organization_id=organization_id, permissions=frozenset({"admin"}))
 
 
+@dataclass(frozen=True)
+class LineageExport:
+    """A prepared lineage export: what it is and its text, read from the database batch by batch as it is sent."""
+
+    media_type: str
+    filename: str
+    chunks: AsyncIterator[str]
+
+
 class LocalGateway:
-    """Every REST operation, in-process, for one authenticated caller (see the module docstring)."""
+    """Every operation of one authenticated caller (see the module docstring).
+
+    `request_id` names the request in log lines; channels put it in their error bodies too.
+    """
 
     def __init__(self, state: AppState, caller: Caller, *, request_id: str | None = None) -> None:
         self.state = state
         self.caller = caller
         self.request_id = request_id or uuid.uuid4().hex
 
-    def _error(self, exc: ExternalAgentsError) -> GatewayError:
-        body = error_body(
-            exc.status_code, exc.detail, request_id=self.request_id, error_code=exc.error_code, **exc.extra
-        )
-        return GatewayError(exc.status_code, body)
-
     def _caller(self, permission: str) -> dict[str, Any]:
         if not self.caller.can(permission):
-            raise self._error(ForbiddenError(f"This API key lacks the '{permission}' permission"))
+            raise ForbiddenError(f"This API key lacks the '{permission}' permission")
         return workflow_caller(self.caller)
 
     async def _run(self, workflow: Workflow, inputs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         try:
             return await self.state.runner.run(workflow, inputs)
-        except ExternalAgentsError as exc:
-            raise self._error(exc) from None
         except WorkflowFailedError as exc:
+            # Its text may name user data: the log line and the answer say only which operation failed.
             logger.error("operation.failed request_id=%s workflow=%s", self.request_id, workflow.name)
-            raise self._error(ExternalAgentsError("Internal server error")) from exc
+            raise ExternalAgentsError("Internal server error") from exc
 
     # Agents (permissions as in channels/rest_api.py)
 
@@ -189,18 +176,9 @@ class LocalGateway:
         return results[LIST_NODE]["page_of_lineage"]
 
     async def invoke(self, agent_id: str, *, identity: dict[str, Any], body: Any) -> dict[str, Any]:
-        """The REST 200 body; a denial or failed delivery raises GatewayError with REST's status and body."""
+        """The invocation's outcome: delivered, failed, or denied by governance (a denial is not an error here)."""
         caller = self._caller("invoke:external_agent")
-        try:
-            outcome = await run_invocation(self.state, caller=caller, agent_id=agent_id, identity=identity, body=body)
-        except ExternalAgentsError as exc:
-            raise self._error(exc) from None
-        # The REST mapping itself, so status, detail and denial fields cannot drift apart between channels.
-        response = invocation_response(outcome, request_id=self.request_id)
-        answer = json.loads(response.body)
-        if response.status_code != 200:
-            raise GatewayError(response.status_code, answer)
-        return answer
+        return await run_invocation(self.state, caller=caller, agent_id=agent_id, identity=identity, body=body)
 
     # Policies (permission manage:policy, as in channels/policies_api.py)
 
@@ -250,6 +228,18 @@ class LocalGateway:
         results = await self._run(self.state.lineage.graph, {GRAPH_NODE: inputs})
         return results[GRAPH_NODE]["graph"]
 
+    async def export_lineage(self, *, filters: dict[str, str | None], export_format: str) -> LineageExport:
+        """The caller's lineage matching `filters` as json, csv or openlineage; read while `chunks` is consumed."""
+        caller = self._caller("read:lineage")
+        inputs = {"caller": caller, "format": export_format, "filters": {k: filters.get(k) for k in LINEAGE_FILTERS}}
+        results = await self._run(self.state.lineage.export, {EXPORT_NODE: inputs})
+        export = results[EXPORT_NODE]["export"]
+        return LineageExport(
+            media_type=export["media_type"],
+            filename=export["filename"],
+            chunks=export_chunks(self.state.engine, export=export),
+        )
+
     async def user_lineage(self, email: str, *, page: int = 1, limit: int = 100) -> dict[str, Any]:
         caller = self._caller("read:lineage")
         inputs = {"caller": caller, "email": email, "page": page, "limit": limit}
@@ -274,13 +264,13 @@ class LocalGateway:
         caller = self._caller("invoke:external_agent")
         workflow = self.state.host_workflows.get(workflow_id)
         if workflow is None:
-            raise self._error(NotFoundError(f"Workflow '{workflow_id}' not found"))
+            raise NotFoundError(f"Workflow '{workflow_id}' not found")
         node_inputs: dict[str, dict[str, Any]] = dict(inputs or {})
         if not all(isinstance(v, dict) for v in node_inputs.values()):
-            raise self._error(ValidationError("inputs must be an object mapping node ids to objects of parameters"))
+            raise ValidationError("inputs must be an object mapping node ids to objects of parameters")
         unknown = sorted(set(node_inputs) - set(workflow.nodes))
         if unknown:
-            raise self._error(ValidationError(f"inputs.{unknown[0]}: no such node in workflow '{workflow_id}'"))
+            raise ValidationError(f"inputs.{unknown[0]}: no such node in workflow '{workflow_id}'")
         for node_id, node in workflow.nodes.items():
             if node.node_type == "InvokeExternalAgentNode":
                 node_inputs[node_id] = {**node_inputs.get(node_id, {}), "caller": caller, "workflow_id": workflow_id}

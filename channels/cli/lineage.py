@@ -1,31 +1,30 @@
-"""The `lineage` commands of the command line: list, graph and export run the same workflows as the REST API;
+"""The `lineage` commands: list, graph and export run the same gateway operations as the REST API's /api/lineage;
 `retention run` archives and deletes old rows with a progress bar.
 
-`list` and `graph` run where the gateway commands do (channels/cli): in-process with `--api-key` or
-`--org`, or against a running gateway with `--url` and `--api-key`. `export` streams from the configured
-database in-process, for the organisation `--org` names; `retention` is the operator's, in-process. Heavy
-packages are imported inside the commands, so `--help` answers at once. Exit codes as in channels/cli.
+`list` and `graph` run where every gateway command does (calls.py): in-process with `--api-key` or `--org`, or
+against a running gateway with `--url` and `--api-key`. `export` streams from the configured database
+in-process, for the organisation `--org` names; `retention` is the operator's, in-process. Heavy packages are
+imported inside the commands, so `--help` answers at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from external_agents.channels.cli.options import ApiKey, Org, Url
+from external_agents.channels.cli.calls import Target, call, run_with_engine, settings_or_exit
+from external_agents.channels.cli.options import GatewayOptions, gateway_command
+from external_agents.channels.cli.output import console, emit_json
 
 if TYPE_CHECKING:
-    from kailash.workflow import Workflow
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from external_agents.settings import Settings
-    from external_agents.workflows.lineage import LineageWorkflows
+    from external_agents.channels.cli.calls import Gateway
+    from external_agents.stores.retention import RetentionResult
 
 lineage_app = typer.Typer(help="Query and export invocation lineage; archive old records.", no_args_is_help=True)
 retention_app = typer.Typer(
@@ -33,11 +32,7 @@ retention_app = typer.Typer(
 )
 lineage_app.add_typer(retention_app, name="retention")
 
-# Work done with the engine after the workflow ran, before the engine is closed (an export's stream).
-AfterRun = Callable[["AsyncEngine", dict[str, Any]], Awaitable[None]]
-
 ExportOrg = Annotated[str, typer.Option("--org", help="The organisation whose lineage to export.")]
-AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 UserEmail = Annotated[str | None, typer.Option("--user-email", help="Only this external user's invocations.")]
 AgentId = Annotated[str | None, typer.Option("--agent-id", help="Only this agent's invocations.")]
 Status = Annotated[str | None, typer.Option("--status", help="pending, success, failure, timeout or denied.")]
@@ -59,54 +54,8 @@ def _filters(**given: str | None) -> dict[str, str | None]:
     }
 
 
-def _caller(org: str) -> dict[str, Any]:
-    return {"api_key_id": None, "organization_id": org}
-
-
-async def _run(
-    settings: Settings,
-    *,
-    pick: Callable[[LineageWorkflows], Workflow],
-    node_id: str,
-    inputs: dict[str, Any],
-    then: AfterRun | None = None,
-) -> dict[str, Any]:
-    """Run one lineage workflow; `then(engine, outputs)` may use the engine before it is closed."""
-    from external_agents.stores.database import create_engine
-    from external_agents.workflows.lineage import build_lineage_workflows
-    from external_agents.workflows.runner import WorkflowRunner
-
-    engine = create_engine(settings)
-    try:
-        results = await WorkflowRunner().run(pick(build_lineage_workflows(engine=engine)), {node_id: inputs})
-        outputs = results[node_id]
-        if then is not None:
-            await then(engine, outputs)
-        return outputs
-    finally:
-        await engine.dispose()
-
-
-def _execute(
-    *,
-    pick: Callable[[LineageWorkflows], Workflow],
-    node_id: str,
-    inputs: dict[str, Any],
-    then: AfterRun | None = None,
-) -> dict[str, Any]:
-    from external_agents.channels.cli import EXIT_CONFIG, fail, settings_or_exit
-    from external_agents.errors import ExternalAgentsError, ValidationError
-
-    settings = settings_or_exit()
-    try:
-        return asyncio.run(_run(settings, pick=pick, node_id=node_id, inputs=inputs, then=then))
-    except ValidationError as exc:
-        fail(exc.detail, EXIT_CONFIG)
-    except ExternalAgentsError as exc:
-        fail(exc.detail)
-
-
 @lineage_app.command("list")
+@gateway_command
 def list_command(
     user_email: UserEmail = None,
     agent_id: AgentId = None,
@@ -117,16 +66,12 @@ def list_command(
     end_date: End = None,
     page: Annotated[int, typer.Option(min=1, help="Page number.")] = 1,
     limit: Annotated[int, typer.Option(min=1, max=100, help="Rows per page.")] = 20,
-    url: Url = None,
-    api_key: ApiKey = None,
-    org: Org = None,
-    as_json: AsJson = False,
+    *,
+    gateway: GatewayOptions,
 ) -> None:
     """List invocations, newest first."""
     from rich.table import Table
     from rich.text import Text
-
-    from external_agents.channels.cli import call, console, emit_json, target
 
     filters = _filters(
         user_email=user_email,
@@ -137,9 +82,8 @@ def list_command(
         start_date=start_date,
         end_date=end_date,
     )
-    where = target(url=url, api_key=api_key, org=org)
-    listing = call(where, lambda gw: gw.list_lineage(filters=filters, page=page, limit=limit), as_json=as_json)
-    if as_json:
+    listing = gateway.call(lambda gw: gw.list_lineage(filters=filters, page=page, limit=limit))
+    if gateway.as_json:
         emit_json(listing)
         return
     table = Table("time", "invocation", "agent", "platform", "status", "cost (USD)", "user")
@@ -165,22 +109,19 @@ def list_command(
 
 
 @lineage_app.command("graph")
+@gateway_command
 def graph_command(
     session_id: Annotated[str | None, typer.Option("--session-id", help="All invocations of a session.")] = None,
     trace_id: Annotated[str | None, typer.Option("--trace-id", help="An invocation by its trace id.")] = None,
     invocation_id: Annotated[str | None, typer.Option("--invocation-id", help="An invocation by its id.")] = None,
     workflow_id: Annotated[str | None, typer.Option("--workflow-id", help="All invocations of a workflow.")] = None,
     depth: Annotated[int, typer.Option(min=0, max=100, help="Hops from the selection.")] = 10,
-    url: Url = None,
-    api_key: ApiKey = None,
-    org: Org = None,
-    as_json: AsJson = False,
+    *,
+    gateway: GatewayOptions,
 ) -> None:
     """Show the invocation graph around a session, trace, invocation or workflow."""
     from rich.text import Text
     from rich.tree import Tree
-
-    from external_agents.channels.cli import call, console, emit_json, target
 
     selectors = {
         "session_id": session_id,
@@ -188,9 +129,8 @@ def graph_command(
         "invocation_id": invocation_id,
         "workflow_id": workflow_id,
     }
-    where = target(url=url, api_key=api_key, org=org)
-    graph = call(where, lambda gw: gw.lineage_graph(selectors=selectors, depth=depth), as_json=as_json)
-    if as_json:
+    graph = gateway.call(lambda gw: gw.lineage_graph(selectors=selectors, depth=depth))
+    if gateway.as_json:
         emit_json(graph)
         return
     children: dict[str, list[dict[str, Any]]] = {}
@@ -243,9 +183,6 @@ def export_command(
     end_date: End = None,
 ) -> None:
     """Stream invocations as JSON, CSV or OpenLineage events (one batch of rows in memory at a time)."""
-    from external_agents.nodes.lineage import export_chunks
-    from external_agents.workflows.lineage import EXPORT_NODE
-
     filters = _filters(
         user_email=user_email,
         agent_id=agent_id,
@@ -255,19 +192,22 @@ def export_command(
         start_date=start_date,
         end_date=end_date,
     )
+    destination = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
 
-    target = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
+    async def stream(gateway: Gateway) -> None:
+        from external_agents.gateway.operations import LocalGateway
 
-    async def stream(engine: AsyncEngine, outputs: dict[str, Any]) -> None:
-        async for chunk in export_chunks(engine, export=outputs["export"]):
-            target.write(chunk)
+        # In-process only (a Target without a URL): the export is read from the database as it is written.
+        assert isinstance(gateway, LocalGateway)
+        export = await gateway.export_lineage(filters=filters, export_format=export_format)
+        async for chunk in export.chunks:
+            destination.write(chunk)
 
-    inputs = {"caller": _caller(org), "format": export_format, "filters": filters}
     try:
-        _execute(pick=lambda w: w.export, node_id=EXPORT_NODE, inputs=inputs, then=stream)
+        call(Target(url=None, api_key=None, org=org), stream, as_json=False)
     finally:
         if output:
-            target.close()
+            destination.close()
 
 
 @retention_app.command("run")
@@ -285,39 +225,30 @@ def retention_run(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from external_agents.channels.cli import console, fail, settings_or_exit
-    from external_agents.errors import ExternalAgentsError
-    from external_agents.stores.database import create_engine
-    from external_agents.stores.retention import count_expired, retention_cutoffs, run_retention
+    from external_agents.gateway.administration import archive_old_records
 
     settings = settings_or_exit()
-    now = datetime.now(UTC)
-    cutoffs = retention_cutoffs(now, lineage_days=days, billing_months=billing_months)
 
-    async def work() -> list[Any]:
-        engine = create_engine(settings)
-        try:
-            totals = {t.table: await count_expired(engine, target=t, cutoff=c) for t, c in cutoffs.items()}
-            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-            with Progress(*columns, console=console) as progress:
-                tasks = {table: progress.add_task(f"Archiving {table}", total=total) for table, total in totals.items()}
-                return await run_retention(
-                    engine,
-                    archive_dir=archive_dir,
-                    lineage_days=days,
-                    billing_months=billing_months,
-                    batch_size=batch_size,
-                    now=now,
-                    on_batch=lambda table, rows: progress.advance(tasks[table], rows),
-                )
-        finally:
-            await engine.dispose()
+    async def work(engine: AsyncEngine) -> list[RetentionResult]:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            tasks: dict[str, Any] = {}
 
-    try:
-        results = asyncio.run(work())
-    except ExternalAgentsError as exc:
-        fail(exc.detail)
-    for result in results:
+            def show_totals(totals: dict[str, int]) -> None:
+                tasks.update({table: progress.add_task(f"Archiving {table}", total=n) for table, n in totals.items()})
+
+            return await archive_old_records(
+                engine,
+                archive_dir=archive_dir,
+                lineage_days=days,
+                billing_months=billing_months,
+                batch_size=batch_size,
+                now=datetime.now(UTC),
+                on_totals=show_totals,
+                on_batch=lambda table, rows: progress.advance(tasks[table], rows),
+            )
+
+    for result in run_with_engine(settings, work):
         recovered = f"; completed {result.recovered_files} interrupted batch(es)" if result.recovered_files else ""
         console.print(
             f"{result.table}: archived {result.archived_rows} row(s) older than {result.cutoff.isoformat()} "

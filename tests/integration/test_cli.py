@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,50 @@ async def test_operator_acts_for_an_organisation_with_org(gateway, org, client):
     assert [agent["id"] for agent in listing["items"]] == [created["id"]]
     remote = await cli(env, "agents", "list", "--org", org.organization_id, "--url", "http://127.0.0.1:9")
     assert remote.exit_code == 2 and "--org works in-process only" in one_line_error(remote)
+
+
+async def test_operator_issues_lists_and_revokes_api_keys(gateway):
+    env = cli_env(gateway)
+    organization = f"org-keys-{uuid.uuid4().hex[:8]}"
+    created = await cli(
+        env,
+        "keys",
+        "create",
+        "--org",
+        organization,
+        "--name",
+        "ci",
+        "-p",
+        "read:lineage",
+        "-p",
+        "invoke:external_agent",
+    )
+    assert created.exit_code == 0, created.output
+    *report, key = created.stdout.strip().splitlines()
+    key_id = report[0].split()[2]
+    assert report == [f"Created key {key_id} for organization {organization} with invoke:external_agent, read:lineage"]
+    assert key.startswith("eak_")
+    assert ok_json(await cli(env, "lineage", "list", "--api-key", key, "--json"))["total"] == 0
+
+    [listed] = ok_json(await cli(env, "keys", "list", "--org", organization, "--json"))
+    assert listed["id"] == key_id and listed["prefix"] == key[:12] and listed["revoked_at"] is None
+    assert listed["permissions"] == ["invoke:external_agent", "read:lineage"]
+    table = await cli(env, "keys", "list", "--org", organization)
+    assert table.exit_code == 0 and key_id in table.stdout and key not in table.stdout
+
+    unknown = await cli(env, "keys", "create", "--org", organization, "--name", "x", "-p", "fly")
+    assert unknown.exit_code == 2 and "unknown permission fly; expected any of:" in one_line_error(unknown)
+    empty = await cli(env, "keys", "create", "--org", " ", "--name", "x")
+    assert empty.exit_code == 2 and "--org and --name must not be empty" in one_line_error(empty)
+
+    revoked = await cli(env, "keys", "revoke", key_id)
+    assert revoked.exit_code == 0 and revoked.stdout.strip() == f"Revoked key {key_id}"
+    again = await cli(env, "keys", "revoke", key_id)
+    assert again.exit_code == 1 and f"no active key with id {key_id}" in one_line_error(again)
+    refused = await cli(env, "lineage", "list", "--api-key", key)
+    assert refused.exit_code == 2 and "Invalid or revoked API key" in one_line_error(refused)
+    [listed] = ok_json(await cli(env, "keys", "list", "--org", organization, "--json"))
+    assert listed["revoked_at"] is not None
 
 
 async def test_changes_and_deletes_agents(gateway, org, client):

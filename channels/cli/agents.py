@@ -1,0 +1,242 @@
+"""`agents create|list|get|update|delete`: the agent registry, as the REST API's /api/external-agents."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.text import Text
+
+from external_agents.channels.cli.options import GatewayOptions, gateway_command
+from external_agents.channels.cli.output import (
+    EXIT_CONFIG,
+    JSON_HELP,
+    cell,
+    console,
+    emit_json,
+    fail,
+    key_value_table,
+    parse_json_object,
+)
+
+agents_app = typer.Typer(help="Register, list, inspect, change and remove external agents.", no_args_is_help=True)
+
+AgentIdArg = Annotated[str, typer.Argument(help="The agent's id (from `agents list`).", show_default=False)]
+Description = Annotated[str | None, typer.Option("--description", help="What the agent does.", show_default=False)]
+AuthConfig = Annotated[
+    str | None,
+    typer.Option(
+        "--auth-config",
+        help=f"{{auth_type, credentials}} as {JSON_HELP} (keeps credentials out of shell history). Default: none.",
+        show_default=False,
+    ),
+]
+MonthlyCost = Annotated[float | None, typer.Option("--max-monthly-cost", min=0, help="USD.", show_default=False)]
+DailyCost = Annotated[float | None, typer.Option("--max-daily-cost", min=0, help="USD.", show_default=False)]
+CostPerCall = Annotated[
+    float | None, typer.Option("--cost-per-execution", min=0, help="USD, estimated per call.", show_default=False)
+]
+PerMinute = Annotated[int | None, typer.Option("--requests-per-minute", min=1, show_default=False)]
+PerHour = Annotated[int | None, typer.Option("--requests-per-hour", min=1, show_default=False)]
+PerDay = Annotated[int | None, typer.Option("--requests-per-day", min=1, show_default=False)]
+DailyExecutions = Annotated[
+    int | None,
+    typer.Option("--daily-execution-limit", min=1, help="Invocations per UTC day. Default: none.", show_default=False),
+]
+MonthlyExecutions = Annotated[
+    int | None,
+    typer.Option(
+        "--monthly-execution-limit", min=1, help="Invocations per UTC month. Default: none.", show_default=False
+    ),
+]
+
+
+def _agent_fields(
+    *,
+    description: str | None,
+    auth_config: str | None,
+    max_monthly_cost: float | None,
+    max_daily_cost: float | None,
+    cost_per_execution: float | None,
+    requests_per_minute: int | None,
+    requests_per_hour: int | None,
+    requests_per_day: int | None,
+    daily_execution_limit: int | None,
+    monthly_execution_limit: int | None,
+) -> dict[str, Any]:
+    """The optional agent fields given on the command line (absent ones are left to the defaults or unchanged)."""
+    fields: dict[str, Any] = {
+        "description": description,
+        "auth_config": parse_json_object("--auth-config", auth_config) if auth_config is not None else None,
+        "max_monthly_cost": max_monthly_cost,
+        "max_daily_cost": max_daily_cost,
+        "cost_per_execution": cost_per_execution,
+        "requests_per_minute": requests_per_minute,
+        "requests_per_hour": requests_per_hour,
+        "requests_per_day": requests_per_day,
+        "daily_execution_limit": daily_execution_limit,
+        "monthly_execution_limit": monthly_execution_limit,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _show_agent(agent: dict[str, Any], *, title: str) -> None:
+    shown = {k: v for k, v in agent.items() if k != "governance"}
+    console.print(key_value_table(shown, title=title))
+    if agent.get("governance"):
+        console.print(key_value_table(agent["governance"], title="governance"))
+
+
+@agents_app.command("create")
+@gateway_command
+def agents_create(
+    name: Annotated[str, typer.Option("--name", help="Unique within the organisation.", show_default=False)],
+    platform: Annotated[
+        str,
+        typer.Option("--platform", help="teams, slack, discord, telegram, notion or custom_http.", show_default=False),
+    ],
+    platform_config: Annotated[
+        str,
+        typer.Option("--platform-config", help=f"Where to deliver, as {JSON_HELP}.", show_default=False),
+    ],
+    auth_config: AuthConfig = None,
+    description: Description = None,
+    max_monthly_cost: MonthlyCost = None,
+    max_daily_cost: DailyCost = None,
+    cost_per_execution: CostPerCall = None,
+    requests_per_minute: PerMinute = None,
+    requests_per_hour: PerHour = None,
+    requests_per_day: PerDay = None,
+    daily_execution_limit: DailyExecutions = None,
+    monthly_execution_limit: MonthlyExecutions = None,
+    *,
+    gateway: GatewayOptions,
+) -> None:
+    """Register an external agent; limits left out take the configured defaults."""
+    body = {
+        "name": name,
+        "platform": platform,
+        "platform_config": parse_json_object("--platform-config", platform_config),
+        **_agent_fields(
+            description=description,
+            auth_config=auth_config,
+            max_monthly_cost=max_monthly_cost,
+            max_daily_cost=max_daily_cost,
+            cost_per_execution=cost_per_execution,
+            requests_per_minute=requests_per_minute,
+            requests_per_hour=requests_per_hour,
+            requests_per_day=requests_per_day,
+            daily_execution_limit=daily_execution_limit,
+            monthly_execution_limit=monthly_execution_limit,
+        ),
+    }
+    agent = gateway.call(lambda gw: gw.create_agent(body))
+    if gateway.as_json:
+        emit_json(agent)
+        return
+    _show_agent(agent, title=f"Created agent {agent['id']}")
+
+
+@agents_app.command("list")
+@gateway_command
+def agents_list(
+    page: Annotated[int, typer.Option(min=1, help="Page number.")] = 1,
+    limit: Annotated[int, typer.Option(min=1, max=100, help="Agents per page.")] = 20,
+    platform: Annotated[str | None, typer.Option(help="Only agents on this platform.", show_default=False)] = None,
+    search: Annotated[str | None, typer.Option(help="Text to look for in names.", show_default=False)] = None,
+    *,
+    gateway: GatewayOptions,
+) -> None:
+    """List the organisation's agents with their monthly spend."""
+    listing = gateway.call(lambda gw: gw.list_agents(page=page, limit=limit, platform=platform, search=search))
+    if gateway.as_json:
+        emit_json(listing)
+        return
+    from rich.table import Table
+
+    table = Table("id", "name", "platform", "monthly budget", "spent", "usage %", "per minute")
+    for agent in listing["items"]:
+        table.add_row(
+            *(
+                cell(agent.get(key))
+                for key in (
+                    "id",
+                    "name",
+                    "platform",
+                    "max_monthly_cost",
+                    "current_monthly_cost",
+                    "usage_percentage",
+                    "requests_per_minute",
+                )
+            )
+        )
+    console.print(table)
+    console.print(f"{len(listing['items'])} of {listing['total']} (page {listing['page']})", highlight=False)
+
+
+@agents_app.command("get")
+@gateway_command
+def agents_get(agent_id: AgentIdArg, *, gateway: GatewayOptions) -> None:
+    """Show one agent and its governance (spend, usage, invocations)."""
+    agent = gateway.call(lambda gw: gw.get_agent(agent_id))
+    if gateway.as_json:
+        emit_json(agent)
+        return
+    _show_agent(agent, title=f"Agent {agent['id']}")
+
+
+@agents_app.command("update")
+@gateway_command
+def agents_update(
+    agent_id: AgentIdArg,
+    name: Annotated[str | None, typer.Option("--name", help="A new name.", show_default=False)] = None,
+    platform_config: Annotated[
+        str | None,
+        typer.Option("--platform-config", help=f"A new delivery config, as {JSON_HELP}.", show_default=False),
+    ] = None,
+    auth_config: AuthConfig = None,
+    description: Description = None,
+    max_monthly_cost: MonthlyCost = None,
+    max_daily_cost: DailyCost = None,
+    cost_per_execution: CostPerCall = None,
+    requests_per_minute: PerMinute = None,
+    requests_per_hour: PerHour = None,
+    requests_per_day: PerDay = None,
+    daily_execution_limit: DailyExecutions = None,
+    monthly_execution_limit: MonthlyExecutions = None,
+    *,
+    gateway: GatewayOptions,
+) -> None:
+    """Change some of an agent's fields; new credentials are encrypted again."""
+    body = _agent_fields(
+        description=description,
+        auth_config=auth_config,
+        max_monthly_cost=max_monthly_cost,
+        max_daily_cost=max_daily_cost,
+        cost_per_execution=cost_per_execution,
+        requests_per_minute=requests_per_minute,
+        requests_per_hour=requests_per_hour,
+        requests_per_day=requests_per_day,
+        daily_execution_limit=daily_execution_limit,
+        monthly_execution_limit=monthly_execution_limit,
+    )
+    if name is not None:
+        body["name"] = name
+    if platform_config is not None:
+        body["platform_config"] = parse_json_object("--platform-config", platform_config)
+    if not body:
+        fail("nothing to change: give at least one option (see --help)", EXIT_CONFIG)
+    agent = gateway.call(lambda gw: gw.update_agent(agent_id, body))
+    if gateway.as_json:
+        emit_json(agent)
+        return
+    _show_agent(agent, title=f"Updated agent {agent['id']}")
+
+
+@agents_app.command("delete")
+@gateway_command
+def agents_delete(agent_id: AgentIdArg, *, gateway: GatewayOptions) -> None:
+    """Delete an agent; its lineage is kept. With --json nothing is printed (the API answers 204)."""
+    gateway.call(lambda gw: gw.delete_agent(agent_id))
+    if not gateway.as_json:
+        console.print(Text(f"Deleted agent {agent_id}"))

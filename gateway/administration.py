@@ -61,9 +61,7 @@ class RotationResult:
     skipped: int
 
 
-async def create_key(
-    engine: AsyncEngine, *, organization_id: str, name: str, permissions: Sequence[str]
-) -> CreatedKey:
+async def create_key(engine: AsyncEngine, *, organization_id: str, name: str, permissions: Sequence[str]) -> CreatedKey:
     unknown = sorted(set(permissions) - set(api_keys.PERMISSIONS))
     if unknown:
         raise ValidationError(

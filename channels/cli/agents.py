@@ -22,6 +22,7 @@ from external_agents.channels.cli.output import (
 agents_app = typer.Typer(help="Register, list, inspect, change and remove external agents.", no_args_is_help=True)
 
 AgentIdArg = Annotated[str, typer.Argument(help="The agent's id (from `agents list`).", show_default=False)]
+# The agent's optional fields as options, in this one place (create and update share them).
 Description = Annotated[str | None, typer.Option("--description", help="What the agent does.", show_default=False)]
 AuthConfig = Annotated[
     str | None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -205,9 +206,16 @@ async def replay_unrecorded(engine: AsyncEngine, journal: UnrecordedJournal) -> 
 
 
 async def keep_replaying(
-    engine: AsyncEngine, journal: UnrecordedJournal, *, every_seconds: float = REPLAY_INTERVAL_SECONDS
+    engine: AsyncEngine,
+    journal: UnrecordedJournal,
+    *,
+    every_seconds: float = REPLAY_INTERVAL_SECONDS,
+    wait: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> None:
-    """Replay the journal every `every_seconds`, for as long as the app runs."""
+    """Replay the journal now and then every `every_seconds`, for as long as the app runs.
+
+    `wait` is the interval's clock: tests pass one they tick by hand instead of waiting seconds.
+    """
     while True:
         try:
             report = await replay_unrecorded(engine, journal)
@@ -222,4 +230,4 @@ async def keep_replaying(
                     report.refused,
                     report.waiting,
                 )
-        await asyncio.sleep(every_seconds)
+        await wait(every_seconds)

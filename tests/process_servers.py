@@ -1,4 +1,4 @@
-"""Real server processes for benchmarks and fault tests: app instances, an instant platform, a fresh database.
+"""Real server processes for tests: app instances, an instant platform, a Redis to stop and start, a fresh database.
 
 Everything binds 127.0.0.1 on free ports and is stopped when its context exits.
 """
@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import redis
 
 from tests.conftest import TEST_FERNET_KEY, make_settings, reset_postgres_database
 
@@ -129,3 +130,47 @@ def instant_platform(*, log_dir: Path) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     with _process(command, env=dict(os.environ), ready_url=f"{base}/count", log=log_dir / f"platform-{port}.log"):
         yield base
+
+
+class RedisServer:
+    """A redis-server of our own on a free port (no persistence), which a test may stop and start again."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._log = log_dir / f"redis-{self.port}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        with self._log.open("a") as log:
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        while time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    client.close()
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server on {self.port} did not start")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+        self._process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=0.5)
+
+
+@contextmanager
+def redis_server(log_dir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(log_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -50,6 +50,10 @@ from external_agents.errors import ServiceUnavailableError, StorageError, Valida
 
 logger = logging.getLogger(__name__)
 
+# A source of seconds: monotonic where only intervals matter, wall-clock where a timestamp leaves the process.
+# Injected so tests move time instead of waiting for it.
+Clock = Callable[[], float]
+
 WINDOWS: tuple[tuple[str, int], ...] = (("minute", 60), ("hour", 3_600), ("day", 86_400))
 
 FAIL_CLOSED_DETAIL = "Rate limiter unavailable: Redis is unreachable and EXTERNAL_AGENT_RATE_LIMIT_FAIL_OPEN=false"
@@ -199,9 +203,10 @@ class InProcessRateLimiter:
     # Every this many recorded requests, forget keys with nothing in their day window (deleted agents).
     _SWEEP_EVERY = 1024
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
-        # Monotonic, so a wall-clock step does not empty or freeze the windows; `clock` lets tests move time.
+    def __init__(self, *, clock: Clock = time.monotonic, wall_clock: Clock = time.time) -> None:
+        # Monotonic, so a wall-clock step does not empty or freeze the windows; `wall_clock` only dates reset_at.
         self._clock = clock
+        self._wall_clock = wall_clock
         self._logs: dict[str, tuple[deque[float], deque[float], deque[float]]] = {}
         self._lock = threading.Lock()
         self._recorded_since_sweep = 0
@@ -249,7 +254,7 @@ class InProcessRateLimiter:
                 limits=limits,
                 refusing=refusing,
                 retry_after_ms=wait * 1000,
-                reset_at=time.time() + reset_in,
+                reset_at=self._wall_clock() + reset_in,
                 backend="memory",
             )
 
@@ -279,8 +284,10 @@ class FailoverRateLimiter:
         *,
         fail_open: bool,
         retry_interval_seconds: float = 0.5,
+        clock: Clock = time.monotonic,
     ) -> None:
         self._primary = primary
+        self._clock = clock
         self._fallback = fallback
         self._fail_open = fail_open
         self._retry_interval = retry_interval_seconds
@@ -300,7 +307,7 @@ class FailoverRateLimiter:
         return await self._run(key, limits, record=False)
 
     async def _run(self, key: str, limits: RateLimits, *, record: bool) -> RateLimitDecision:
-        now = time.monotonic()
+        now = self._clock()
         if self._healthy or now >= self._retry_at:
             # Claimed before awaiting, so calls arriving during this attempt do not pile onto a dead Redis.
             self._retry_at = now + self._retry_interval

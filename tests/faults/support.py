@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 import psycopg2
 import pytest
-import redis
 
 from tests.conftest import TEST_FERNET_KEY
 from tests.process_servers import BENCH_API_KEY, free_port
@@ -59,50 +58,6 @@ def summary_ms(samples_seconds: Sequence[float]) -> str:
         f"p50 {statistics.median(ms):.1f} ms  p95 {percentile(ms, 0.95):.1f} ms  "
         f"p99 {percentile(ms, 0.99):.1f} ms  max {max(ms):.1f} ms"
     )
-
-
-class RedisServer:
-    """A redis-server of our own on a free port (no persistence), which a test may stop and start again."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._log = log_dir / f"redis-{self.port}.log"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        with self._log.open("a") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        while time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    client.close()
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server on {self.port} did not start")
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            self._process.wait(timeout=10)
-        self._process = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=0.5)
-
-
-@contextmanager
-def redis_server(log_dir: Path) -> Iterator[RedisServer]:
-    server = RedisServer(log_dir)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _as_postgres_user(command: list[str]) -> list[str]:

@@ -30,16 +30,14 @@ from tests.faults.support import (
     HEADERS,
     SECRETS,
     UNLIMITED,
-    RedisServer,
     RoundRobin,
     drop_database,
-    redis_server,
     register,
     report,
     secrets_in_logs,
     sql,
 )
-from tests.process_servers import app_env, app_server, fresh_database, instant_platform
+from tests.process_servers import RedisServer, app_env, app_server, fresh_database, instant_platform, redis_server
 
 DATABASE = "postgresql://postgres@127.0.0.1:5432/ea_issue6_redis"
 FALLBACK_LIMIT = 5

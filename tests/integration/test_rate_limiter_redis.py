@@ -14,11 +14,10 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +38,8 @@ from external_agents.nodes.governance.rate_limiter import (
     RateLimits,
     RedisRateLimiter,
 )
+from tests.clocks import FakeClock
+from tests.process_servers import RedisServer, redis_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LUA_SHA = hashlib.sha1(
@@ -367,79 +368,22 @@ async def test_fail_closed_raises_service_unavailable() -> None:
     await client.aclose()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-async def _until(check: Callable[[], Awaitable[bool]]) -> None:
-    """Poll `check` every 20 ms until it holds; callers bound the wait with asyncio.timeout."""
-    while True:
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-
-
-class OwnRedisServer:
-    """A throwaway redis-server on a free loopback port, stopped and started by the test."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self._process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self._process = await asyncio.create_subprocess_exec(
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            stdout=asyncio.subprocess.DEVNULL,
-        )
-        async with asyncio.timeout(10):
-            await _until(self._answers)
-
-    async def stop(self) -> None:
-        if self._process is not None and self._process.returncode is None:
-            self._process.terminate()
-            await self._process.wait()
-
-    async def script_loaded(self, sha: str) -> bool:
-        client = redis.asyncio.Redis(host="127.0.0.1", port=self.port, retry=Retry(NoBackoff(), 0))
-        try:
-            return bool((await client.script_exists(sha))[0])
-        finally:
-            await client.aclose()
-
-    async def _answers(self) -> bool:
-        client = redis.asyncio.Redis(
-            host="127.0.0.1", port=self.port, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
-        )
-        try:
-            return bool(await client.ping())
-        except RedisConnectionError:
-            return False
-        finally:
-            await client.aclose()
+def script_loaded(server: RedisServer) -> bool:
+    client = server.client()
+    try:
+        return bool(client.script_exists(LUA_SHA)[0])
+    finally:
+        client.close()
 
 
 @pytest.fixture
-async def own_redis() -> AsyncIterator[OwnRedisServer]:
-    server = OwnRedisServer()
-    await server.start()
-    yield server
-    await server.stop()
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path) as server:
+        yield server
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server to stop and restart")
-async def test_recovers_to_redis_within_a_second_of_its_return(own_redis: OwnRedisServer) -> None:
+async def test_recovers_to_redis_within_a_second_of_its_return(own_redis: RedisServer) -> None:
     client = redis.asyncio.Redis(
         host="127.0.0.1",
         port=own_redis.port,
@@ -448,25 +392,25 @@ async def test_recovers_to_redis_within_a_second_of_its_return(own_redis: OwnRed
         # One immediate retry replaces a pooled connection the restarted server has closed.
         retry=Retry(NoBackoff(), 1),
     )
-    failover = FailoverRateLimiter(RedisRateLimiter(client), InProcessRateLimiter(), fail_open=True)
+    clock = FakeClock()
+    # The retry interval the app uses (its default): under a second, which is the promise.
+    failover = FailoverRateLimiter(RedisRateLimiter(client), InProcessRateLimiter(), fail_open=True, clock=clock)
     limits = RateLimits(per_minute=1_000, per_hour=1_000, per_day=1_000)
     assert (await failover.hit("agent", limits)).backend == "redis"
 
-    await own_redis.stop()
+    own_redis.stop()
     assert (await failover.hit("agent", limits)).backend == "memory"
     assert not failover.redis_healthy
 
-    await own_redis.start()
-    back = time.monotonic()
+    own_redis.start()
     # A restarted server has no scripts: the limiter's EVALSHA meets NOSCRIPT and loads the script again.
-    assert not await own_redis.script_loaded(LUA_SHA)
-
-    async def uses_redis() -> bool:
-        return (await failover.hit("agent", limits)).backend == "redis"
-
-    async with asyncio.timeout(5):
-        await _until(uses_redis)
-    assert time.monotonic() - back < 1.0
+    assert not script_loaded(own_redis)
+    # Within the back-off after the failed call, Redis is not tried yet ...
+    clock.advance(0.49)
+    assert (await failover.hit("agent", limits)).backend == "memory"
+    # ... and the first call once it has passed (0.5 s after the failure, under a second) uses Redis again.
+    clock.advance(0.01)
+    assert (await failover.hit("agent", limits)).backend == "redis"
     assert failover.redis_healthy
-    assert await own_redis.script_loaded(LUA_SHA)
+    assert script_loaded(own_redis)
     await client.aclose()

@@ -22,19 +22,9 @@ from external_agents.nodes.governance.rate_limiter import (
     RateLimitDecision,
     RateLimits,
 )
+from tests.clocks import FakeClock
 
 MINUTE, HOUR, DAY = 60, 3_600, 86_400
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -43,8 +33,13 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def memory(clock: FakeClock) -> InProcessRateLimiter:
-    return InProcessRateLimiter(clock=clock)
+def wall_clock() -> FakeClock:
+    return FakeClock(start=1_700_000_000.0)
+
+
+@pytest.fixture
+def memory(clock: FakeClock, wall_clock: FakeClock) -> InProcessRateLimiter:
+    return InProcessRateLimiter(clock=clock, wall_clock=wall_clock)
 
 
 @pytest.mark.parametrize("value", [0, -1, True, 1.5, "10"])
@@ -106,16 +101,21 @@ async def test_a_lowered_limit_waits_for_enough_entries_to_leave(
     assert decision.remaining == 0
 
 
-async def test_reset_at_follows_the_oldest_minute_entry(memory: InProcessRateLimiter, clock: FakeClock) -> None:
+async def test_reset_at_follows_the_oldest_minute_entry(
+    memory: InProcessRateLimiter, clock: FakeClock, wall_clock: FakeClock
+) -> None:
     limits = RateLimits(per_minute=5, per_hour=100, per_day=1_000)
     empty = await memory.peek("agent", limits)
-    await memory.hit("agent", limits)
+    assert empty.reset_at == wall_clock.now  # nothing to wait for
+    first = await memory.hit("agent", limits)
+    assert first.reset_at == wall_clock.now + MINUTE
     clock.advance(15)
+    wall_clock.advance(15)
+
     second = await memory.hit("agent", limits)
 
-    # reset_at is wall-clock; the fake clock only moves the windows, so compare against the first reset.
-    first_reset = empty.reset_at + MINUTE
-    assert second.reset_at == pytest.approx(first_reset - 15, abs=0.5)
+    # Still the first entry's reset, although the second came 15 s later.
+    assert second.reset_at == first.reset_at
 
 
 async def test_in_process_limit_is_exact_under_concurrency(memory: InProcessRateLimiter) -> None:
@@ -194,10 +194,12 @@ async def test_fail_closed_raises_from_the_redis_error() -> None:
     assert caught.value.__cause__ is primary.error
 
 
-async def test_redis_is_retried_at_most_once_per_interval_and_resumes() -> None:
+async def test_redis_is_retried_at_most_once_per_interval_and_resumes(clock: FakeClock) -> None:
     primary = SwitchablePrimary()
     primary.error = RedisConnectionError("refused")
-    failover = FailoverRateLimiter(primary, InProcessRateLimiter(), fail_open=True, retry_interval_seconds=0.2)
+    failover = FailoverRateLimiter(
+        primary, InProcessRateLimiter(), fail_open=True, retry_interval_seconds=0.2, clock=clock
+    )
 
     for _ in range(5):
         await failover.hit("agent", LIMITS)
@@ -205,7 +207,10 @@ async def test_redis_is_retried_at_most_once_per_interval_and_resumes() -> None:
 
     primary.error = None
     assert (await failover.hit("agent", LIMITS)).backend == "memory"  # still inside the back-off
-    await asyncio.sleep(0.25)
+    clock.advance(0.19)
+    assert (await failover.hit("agent", LIMITS)).backend == "memory"
+    assert primary.calls == 1
+    clock.advance(0.01)
     assert (await failover.hit("agent", LIMITS)).backend == "redis"
     assert failover.redis_healthy
     assert primary.calls == 2

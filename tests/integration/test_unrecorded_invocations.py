@@ -18,10 +18,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from external_agents.models import TABLES
 from external_agents.money import to_micros
+from external_agents.nexus_app import build_app
 from external_agents.stores.budgets import BudgetLimits, Reservation, current_spend, reserve
-from external_agents.stores.invocations import record_invocation, replay_unrecorded
+from external_agents.stores.invocations import (
+    REPLAY_INTERVAL_SECONDS,
+    keep_replaying,
+    record_invocation,
+    replay_unrecorded,
+)
 from external_agents.stores.lineage import erase_user_lineage
 from external_agents.stores.unrecorded import UnrecordedJournal
+from tests.clocks import ManualTicker
 from tests.integration.test_invoke_api import invoke, register
 
 NOW = datetime.now(UTC)
@@ -304,25 +311,47 @@ async def test_an_erasure_made_while_a_record_waited_applies_to_it(gone, engine,
     assert by_id[after]["external_user_email"] == email and by_id[after]["input"]["ratio"] == 0.1
 
 
-async def test_the_running_app_replays_what_it_finds_in_its_journal(gateway, client, org, platform_server, gone):
+async def test_keep_replaying_replays_at_once_and_then_every_interval(gone, engine, journal):
+    """The loop every app process runs: a pass at start, then one after each interval (ticked by hand here)."""
+    ticker = ManualTicker()
+    replaying = asyncio.create_task(keep_replaying(engine, journal, wait=ticker))
+    try:
+        await ticker.until_waiting(1)  # the first pass found nothing
+        agent_id, invocation_id = str(uuid.uuid4()), str(uuid.uuid4())
+        await record(
+            gone, agent_id, invocation_id, await reserved(engine, agent_id), journal=journal, retry_seconds=0.1
+        )
+        assert len(journal.pending()) == 1
+
+        await ticker.tick()
+        await ticker.until_waiting(2)
+
+        assert await select(engine, "SELECT id FROM invocation_lineage WHERE id = :i", i=invocation_id)
+        assert journal.pending() == []
+        assert ticker.waited == [REPLAY_INTERVAL_SECONDS, REPLAY_INTERVAL_SECONDS]
+    finally:
+        replaying.cancel()
+        await asyncio.gather(replaying, return_exceptions=True)
+
+
+async def test_the_app_replays_its_journal_when_it_starts(gateway, client, org, platform_server, gone, tmp_path):
     """The app's own background task: a record journalled while the database was away reaches lineage."""
     agent = await register(client, org, platform_server, name=f"journal-{uuid.uuid4().hex[:6]}")
     engine = gateway.external_agents.engine
+    settings = gateway.external_agents.settings.model_copy(update={"kaizen_data_dir": tmp_path})
+    journal = UnrecordedJournal(tmp_path / "unrecorded")
     invocation_id = str(uuid.uuid4())
     await record(
-        gone,
-        agent["id"],
-        invocation_id,
-        await reserved(engine, agent["id"]),
-        journal=gateway.external_agents.journal,
-        retry_seconds=0.1,
+        gone, agent["id"], invocation_id, await reserved(engine, agent["id"]), journal=journal, retry_seconds=0.1
     )
     assert (await invoke(client, org, agent["id"])).status_code == 200
 
-    for _ in range(80):  # the task looks every 5 s
-        if await select(engine, "SELECT id FROM invocation_lineage WHERE id = :i", i=invocation_id):
-            break
-        await asyncio.sleep(0.1)
+    app = build_app(settings)
+    async with app.fastapi_app.router.lifespan_context(app.fastapi_app):
+        # The first pass runs as the app starts, not after an interval: this waits for that task, not a timer.
+        for _ in range(500):
+            if not journal.pending():
+                break
+            await asyncio.sleep(0.02)
 
     assert await select(engine, "SELECT id FROM invocation_lineage WHERE id = :i", i=invocation_id)
-    assert gateway.external_agents.journal.pending() == []

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from tests.conftest import TEST_FERNET_KEY, make_settings, reset_postgres_database
+from tests.factories import TEST_FERNET_KEY, make_settings, reset_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_API_KEY = "bench-admin-key-0123456789abcdefghij"

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from external_agents.models import METADATA
 from external_agents.stores.budgets import BudgetLimits, Reservation, period_ids, reserve
 from external_agents.stores.database import create_engine
-from tests.conftest import make_settings
+from tests.factories import make_settings
 
 pytestmark = pytest.mark.postgres
 

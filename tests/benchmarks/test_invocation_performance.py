@@ -24,7 +24,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.benchmarks.lean_http_client import LeanConnection
-from tests.conftest import TEST_REDIS_URL
+from tests.factories import TEST_REDIS_URL
 from tests.process_servers import BENCH_API_KEY, app_env, app_server, fresh_database, instant_platform
 
 BENCH_DB = "postgresql://postgres@127.0.0.1:5432/ea_bench_invoke"

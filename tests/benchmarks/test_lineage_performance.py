@@ -188,7 +188,7 @@ async def _load(url: str) -> None:
 @pytest.fixture(scope="module")
 def bench_settings(postgres_url: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
     from external_agents.models.migrate import upgrade
-    from tests.conftest import make_settings, reset_postgres_database
+    from tests.factories import make_settings, reset_postgres_database
 
     url = _bench_url(postgres_url)
     settings = make_settings(url, str(tmp_path_factory.mktemp("lineage-bench")), database_pool_size=10)

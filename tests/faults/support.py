@@ -23,16 +23,10 @@ import httpx
 import psycopg2
 import pytest
 
-from tests.conftest import TEST_FERNET_KEY
+from tests.factories import IDENTITY, TEST_FERNET_KEY
 from tests.process_servers import BENCH_API_KEY, free_port
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
-IDENTITY = {
-    "X-External-User-ID": "fault-user",
-    "X-External-User-Email": "faults@example.com",
-    "X-External-System": "fault-suite",
-    "X-External-Session-ID": "fault-session",
-}
 HEADERS = {"Authorization": f"Bearer {BENCH_API_KEY}", **IDENTITY}
 # What no server log may contain, whatever happened.
 SECRETS = (BENCH_API_KEY, TEST_FERNET_KEY)
@@ -142,21 +136,6 @@ def sql(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
             return cursor.fetchall() if cursor.description else []
     finally:
         connection.close()
-
-
-def drop_database(url: str) -> None:
-    base, name = url.rsplit("/", 1)
-    admin = psycopg2.connect(base + "/postgres")
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    finally:
-        admin.close()
 
 
 def secrets_in_logs(log_dir: Path, secrets: Sequence[str]) -> dict[str, list[str]]:

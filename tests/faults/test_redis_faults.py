@@ -26,12 +26,12 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from external_agents.nodes.governance.rate_limiter import FAIL_CLOSED_DETAIL
+from tests.factories import drop_database
 from tests.faults.support import (
     HEADERS,
     SECRETS,
     UNLIMITED,
     RoundRobin,
-    drop_database,
     register,
     report,
     secrets_in_logs,

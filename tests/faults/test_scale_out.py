@@ -27,12 +27,12 @@ from typing import Any
 import pytest
 import redis
 
+from tests.factories import drop_database
 from tests.faults.support import (
     HEADERS,
     SECRETS,
     UNLIMITED,
     RoundRobin,
-    drop_database,
     register,
     report,
     secrets_in_logs,

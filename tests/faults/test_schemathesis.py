@@ -29,8 +29,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.generation import GenerationMode
 from schemathesis.python import asgi as schemathesis_asgi
 
-from tests.conftest import TEST_POSTGRES_URL, TEST_REDIS_URL, make_settings, reset_postgres_database
-from tests.faults.support import drop_database
+from tests.factories import TEST_POSTGRES_URL, TEST_REDIS_URL, drop_database, make_settings, reset_postgres_database
 from tests.platform_server import PlatformServer
 
 EXAMPLES = 100

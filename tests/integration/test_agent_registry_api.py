@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
-from tests.conftest import TEST_FERNET_KEY, new_org
+from tests.factories import TEST_FERNET_KEY, new_org
 
 TEAMS = {"webhook_url": "https://example.com/webhook"}
 

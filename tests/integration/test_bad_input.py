@@ -24,15 +24,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import Org, make_settings, new_org
+from tests.factories import IDENTITY, Org, make_settings, new_org
+from tests.factories import register as register_agent
 from tests.platform_server import PlatformServer
 
-IDENTITY = {
-    "X-External-User-ID": "user-1",
-    "X-External-User-Email": "user@example.com",
-    "X-External-System": "bad-input-tests",
-    "X-External-Session-ID": "session-1",
-}
 TABLES = ("external_agents", "invocation_lineage", "billing_usage", "audit_log", "policies", "budget_counters")
 HOSTILE_TEXT = [
     "x'; DROP TABLE external_agents; --",
@@ -47,19 +42,11 @@ HOSTILE_TEXT = [
 
 
 async def register(client, org, platform_server: PlatformServer, **overrides: Any) -> dict[str, Any]:
-    body = {
-        "name": f"agent-{uuid.uuid4().hex[:10]}",
-        "platform": "custom_http",
-        "platform_config": {"url": platform_server.url("/hook")},
-        "auth_config": {"auth_type": "bearer_token", "credentials": {"token": "bad-input-token"}},
-        "requests_per_minute": 10_000,
-        "requests_per_hour": 10_000,
-        "requests_per_day": 10_000,
-        **overrides,
-    }
-    response = await client.post("/api/external-agents", json=body, headers=org.headers)
-    assert response.status_code == 201, response.text
-    return response.json()
+    """An agent with a name of its own and rate limits no test here reaches."""
+    roomy = {"requests_per_minute": 10_000, "requests_per_hour": 10_000, "requests_per_day": 10_000}
+    return await register_agent(
+        client, org, platform_server, **{"name": f"agent-{uuid.uuid4().hex[:10]}", **roomy, **overrides}
+    )
 
 
 async def table_counts(gateway) -> dict[str, int]:

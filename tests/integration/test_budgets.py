@@ -42,7 +42,7 @@ from external_agents.stores.budgets import (
     settle,
 )
 from external_agents.stores.database import create_engine
-from tests.conftest import make_settings
+from tests.factories import make_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 counters = TABLES["budget_counters"]
@@ -271,7 +271,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from external_agents.stores.budgets import BudgetLimits, Reservation, reserve
 from external_agents.stores.database import create_engine
-from tests.conftest import make_settings
+from tests.factories import make_settings
 
 async def main(url, data_dir, agent_id, now, calls, allowed, amount):
     engine = create_engine(make_settings(url, data_dir, database_pool_size=10))

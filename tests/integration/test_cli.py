@@ -20,8 +20,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from external_agents.channels.cli import app
-from tests.conftest import TEST_FERNET_KEY, new_org
-from tests.integration.test_invoke_api import register, rows
+from tests.factories import TEST_FERNET_KEY, new_org, register, rows
 from tests.platform_server import ScriptedResponse
 from tests.process_servers import BENCH_API_KEY, ROOT, app_env, app_server
 

@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from tests.integration.test_invoke_api import invoke, register, rows
+from tests.factories import invoke, register, rows
 
 ROOMY = {"requests_per_minute": 1_000, "max_daily_cost": 100.0, "max_monthly_cost": 1_000.0}
 

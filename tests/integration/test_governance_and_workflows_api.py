@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import new_org
-from tests.integration.test_invoke_api import IDENTITY, invoke, register, rows
+from tests.factories import IDENTITY, invoke, new_org, register, rows
 
 
 async def test_governance_status_reports_budget_rate_limit_and_policies(client, org, platform_server):

@@ -7,43 +7,9 @@ billing, budget counters, audit rows, and whether the platform was reached.
 from __future__ import annotations
 
 import pytest
-import sqlalchemy as sa
 
-from tests.conftest import new_org
+from tests.factories import IDENTITY, invoke, new_org, register, rows
 from tests.platform_server import ScriptedResponse, closed_port_url
-
-IDENTITY = {
-    "X-External-User-ID": "user-42",
-    "X-External-User-Email": "test@example.com",
-    "X-External-System": "test",
-    "X-External-Session-ID": "test-session-123",
-}
-
-
-async def register(client, org, platform_server, *, path: str = "/hook", url: str | None = None, **overrides):
-    body = {
-        "name": overrides.pop("name", f"agent-{path.strip('/')}"),
-        "platform": "custom_http",
-        "platform_config": {"url": url or platform_server.url(path)},
-        "auth_config": {"auth_type": "bearer_token", "credentials": {"token": "platform-secret-token"}},
-        **overrides,
-    }
-    response = await client.post("/api/external-agents", json=body, headers=org.headers)
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-async def invoke(client, org, agent_id: str, body=None, headers=None):
-    return await client.post(
-        f"/api/external-agents/{agent_id}/invoke",
-        json={"input": "test"} if body is None else body,
-        headers={**org.headers, **IDENTITY, **(headers or {})},
-    )
-
-
-async def rows(gateway, sql: str, **params):
-    async with gateway.external_agents.engine.connect() as connection:
-        return [dict(r._mapping) for r in (await connection.execute(sa.text(sql), params)).all()]
 
 
 async def test_invoke_delivers_and_records_everything(client, org, gateway, platform_server):

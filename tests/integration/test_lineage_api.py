@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from kailash.workflow.builder import WorkflowBuilder
 
 from external_agents.models import TABLES
-from tests.conftest import Org, new_org
+from tests.factories import Org, new_org
 
 lineage = TABLES["invocation_lineage"]
 BASE_TIME = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

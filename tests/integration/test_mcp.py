@@ -24,8 +24,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.conftest import Org, make_settings, new_org
-from tests.integration.test_invoke_api import invoke, register, rows
+from tests.factories import Org, invoke, make_settings, new_org, register, rows
 from tests.platform_server import ScriptedResponse
 from tests.process_servers import BENCH_API_KEY, ROOT, app_env, app_server
 

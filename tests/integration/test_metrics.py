@@ -9,8 +9,7 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import make_settings, new_org
-from tests.integration.test_invoke_api import IDENTITY, invoke, register
+from tests.factories import IDENTITY, invoke, make_settings, new_org, register
 from tests.platform_server import ScriptedResponse, closed_port_url
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -26,8 +26,7 @@ import httpx
 import pytest
 
 from external_agents.nodes.platforms.base import DeliveryOptions
-from tests.conftest import TEST_REDIS_URL, make_settings, new_org, reset_postgres_database
-from tests.faults.support import drop_database
+from tests.factories import IDENTITY, TEST_REDIS_URL, drop_database, make_settings, new_org, reset_postgres_database
 from tests.platform_server import PlatformServer, ScriptedResponse, closed_port_url
 
 TIMEOUT_SECONDS = 0.5
@@ -36,12 +35,6 @@ ATTEMPTS = 1 + RETRIES
 COST = 0.25
 # In-process scheduling, the URL check and recording add a little to every call; this is the slack allowed.
 OVERHEAD_SECONDS = 0.75
-IDENTITY = {
-    "X-External-User-ID": "user-1",
-    "X-External-User-Email": "faults@example.com",
-    "X-External-System": "platform-faults",
-    "X-External-Session-ID": "session-1",
-}
 
 
 def _option_default(name: str) -> float:

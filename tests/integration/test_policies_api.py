@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import new_org
-from tests.integration.test_invoke_api import IDENTITY, invoke, register, rows
+from tests.factories import IDENTITY, invoke, new_org, register, rows
 
 DENY_TEST_SYSTEM = {
     "name": "Block the test system",

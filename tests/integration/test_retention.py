@@ -27,7 +27,7 @@ from external_agents.errors import ConflictError, ValidationError
 from external_agents.models import TABLES
 from external_agents.stores import retention
 from external_agents.stores.retention import billing_cutoff, lineage_cutoff, read_archive, run_retention
-from tests.conftest import make_settings, reset_postgres_database
+from tests.factories import make_settings, reset_postgres_database
 
 lineage = TABLES["invocation_lineage"]
 billing = TABLES["billing_usage"]

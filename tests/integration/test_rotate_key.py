@@ -13,7 +13,7 @@ from external_agents.app_state import build_state
 from external_agents.channels.cli import app
 from external_agents.credential_cipher import CredentialCipher
 from external_agents.stores.agents import all_credential_tokens, replace_credential_token
-from tests.conftest import TEST_FERNET_KEY, make_settings, reset_postgres_database
+from tests.factories import TEST_FERNET_KEY, make_settings, reset_postgres_database
 
 NEW_KEY = Fernet.generate_key().decode()
 CALLER = {"api_key_id": "k", "organization_id": "org-rotate"}

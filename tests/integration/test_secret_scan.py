@@ -26,16 +26,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import TEST_FERNET_KEY, make_settings, new_org, reset_postgres_database
-from tests.faults.support import drop_database
+from tests.factories import IDENTITY, TEST_FERNET_KEY, drop_database, make_settings, new_org, reset_postgres_database
 from tests.platform_server import TOKEN_PATH, PlatformServer, ScriptedResponse
-
-IDENTITY = {
-    "X-External-User-ID": "u-1",
-    "X-External-User-Email": "scan@example.com",
-    "X-External-System": "secret-scan",
-    "X-External-Session-ID": "s-1",
-}
 
 
 def secret(label: str) -> str:

@@ -35,7 +35,7 @@ import pytest
 import sqlalchemy as sa
 
 from external_agents.stores.api_keys import PERMISSIONS, create_api_key, hash_key, revoke_api_key
-from tests.conftest import Org, make_settings, new_org
+from tests.factories import Org, make_settings, new_org
 from tests.platform_server import PlatformServer, ScriptedResponse
 
 PUBLIC = "public"

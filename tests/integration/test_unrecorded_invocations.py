@@ -29,7 +29,7 @@ from external_agents.stores.invocations import (
 from external_agents.stores.lineage import erase_user_lineage
 from external_agents.stores.unrecorded import UnrecordedJournal
 from tests.clocks import ManualTicker
-from tests.integration.test_invoke_api import invoke, register
+from tests.factories import invoke, register
 
 NOW = datetime.now(UTC)
 ROOMY = BudgetLimits(daily_micros=to_micros(100), monthly_micros=to_micros(1000))

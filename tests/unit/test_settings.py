@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from external_agents.settings import SettingsError, load_settings
-from tests.conftest import TEST_FERNET_KEY
+from tests.factories import TEST_FERNET_KEY
 
 
 @pytest.fixture(autouse=True)

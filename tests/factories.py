@@ -1,0 +1,154 @@
+"""What tests build: settings, databases, organisations with API keys, identity headers and agents.
+
+One home for the builders every suite shares, so a test module imports them from here rather than from
+conftest.py (which holds only fixtures) or from another test module. TEST_POSTGRES_URL and TEST_REDIS_URL
+override the default services (the local ones this project's CI starts); tests use their own PostgreSQL
+database and Redis database number, never the service's.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import psycopg2
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from external_agents.settings import Settings, load_settings
+from external_agents.stores.api_keys import create_api_key
+
+TEST_POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/external_agents_test")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+# A fixed key so tests can read what the app encrypted; never used outside tests.
+TEST_FERNET_KEY = "kWbmmFq6ZcKXM0tM6aqNa2w-5BWAjZSZ8mHH1l3b-Vc="
+
+# The caller's identity headers an invocation must carry.
+IDENTITY = {
+    "X-External-User-ID": "user-42",
+    "X-External-User-Email": "test@example.com",
+    "X-External-System": "test",
+    "X-External-Session-ID": "test-session-123",
+}
+
+
+def make_settings(database_url: str, tmp_dir: str, **overrides: object) -> Settings:
+    """Settings for a test app: the given database, a fixed key, webhooks to 127.0.0.1 allowed."""
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "kaizen_data_dir": tmp_dir,
+        "external_agent_encryption_key": TEST_FERNET_KEY,
+        "external_agent_allow_private_webhooks": True,
+        "external_agent_webhook_timeout_seconds": 2.0,
+        "external_agent_webhook_retry_attempts": 1,
+        "redis_url": None,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+def _admin_connection(url: str) -> psycopg2.extensions.connection:
+    """An autocommit connection to the `postgres` database of the server at `url`."""
+    parsed = make_url(url)
+    admin = psycopg2.connect(
+        host=parsed.host, port=parsed.port or 5432, user=parsed.username or "postgres", dbname="postgres"
+    )
+    admin.autocommit = True
+    return admin
+
+
+def drop_database(url: str) -> None:
+    """Drop the PostgreSQL database at `url`, ending any connection still open to it."""
+    name = make_url(url).database
+    admin = _admin_connection(url)
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    finally:
+        admin.close()
+
+
+def reset_postgres_database(url: str) -> None:
+    """Drop and recreate the test database so each session starts from nothing."""
+    drop_database(url)
+    admin = _admin_connection(url)
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{make_url(url).database}"')
+    finally:
+        admin.close()
+
+
+@dataclass(frozen=True)
+class Org:
+    """An organisation of its own for one test, with an admin key (tests do not see each other's data)."""
+
+    organization_id: str
+    api_key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+async def new_org(gateway: Any, permissions: list[str] | None = None, organization_id: str | None = None) -> Org:
+    """An organisation of its own with an API key (admin unless `permissions` says otherwise)."""
+    organization_id = organization_id or f"org-{uuid.uuid4().hex[:10]}"
+    _row, key = await create_api_key(
+        gateway.external_agents.engine,
+        organization_id=organization_id,
+        name="test",
+        permissions=permissions or ["admin"],
+    )
+    return Org(organization_id=organization_id, api_key=key)
+
+
+async def register(
+    client: httpx.AsyncClient,
+    org: Org,
+    platform_server: Any,
+    *,
+    path: str = "/hook",
+    url: str | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """A custom_http agent of `org` delivering to `path` on the local platform server (or to `url`)."""
+    body = {
+        "name": overrides.pop("name", f"agent-{path.strip('/')}"),
+        "platform": "custom_http",
+        "platform_config": {"url": url or platform_server.url(path)},
+        "auth_config": {"auth_type": "bearer_token", "credentials": {"token": "platform-secret-token"}},
+        **overrides,
+    }
+    response = await client.post("/api/external-agents", json=body, headers=org.headers)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def invoke(
+    client: httpx.AsyncClient,
+    org: Org,
+    agent_id: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """Invoke `agent_id` as `org` with the IDENTITY headers (and any extra `headers`)."""
+    return await client.post(
+        f"/api/external-agents/{agent_id}/invoke",
+        json={"input": "test"} if body is None else body,
+        headers={**org.headers, **IDENTITY, **(headers or {})},
+    )
+
+
+async def rows(gateway: Any, sql: str, **params: Any) -> list[dict[str, Any]]:
+    """The rows a SQL query returns from the gateway's database."""
+    async with gateway.external_agents.engine.connect() as connection:
+        return [dict(r._mapping) for r in (await connection.execute(sa.text(sql), params)).all()]

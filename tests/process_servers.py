@@ -5,12 +5,13 @@ Everything binds 127.0.0.1 on free ports and is stopped when its context exits.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -71,6 +72,45 @@ def _wait_until_up(url: str, process: subprocess.Popen, timeout: float = 60.0) -
             pass
         time.sleep(0.2)
     raise RuntimeError(f"server at {url} did not start in {timeout} s")
+
+
+async def race_children(
+    script: str, args: Sequence[str], *, count: int, ready_timeout: float, run_timeout: float
+) -> list[tuple[int, bytes]]:
+    """Run `count` Python processes of `script` at once, released together; each one's exit code and stdout.
+
+    The script prints "ready" once connected, waits for a line on stdin, does its work and prints its result:
+    every child is connected before any fires, so their requests overlap in the shared store.
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            script,
+            *args,
+            cwd=ROOT,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for _ in range(count)
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            assert (await asyncio.wait_for(child.stdout.readline(), ready_timeout)).strip() == b"ready"
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write(b"go\n")
+            await child.stdin.drain()
+        outputs = [await asyncio.wait_for(child.communicate(), run_timeout) for child in children]
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+    return [(child.returncode, stdout) for child, (stdout, _) in zip(children, outputs, strict=True)]
 
 
 @contextmanager

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import psycopg2
 import pytest
@@ -43,8 +40,8 @@ from external_agents.stores.budgets import (
 )
 from external_agents.stores.database import create_engine
 from tests.factories import make_settings
+from tests.process_servers import race_children
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 counters = TABLES["budget_counters"]
 billing = TABLES["billing_usage"]
 
@@ -294,44 +291,12 @@ asyncio.run(main(args[0], args[1], args[2], args[3], int(args[4]), int(args[5]),
 
 async def test_exact_across_processes(backend: Backend, agent_id: str):
     allowed, calls = 37, 100
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    children = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            CHILD_SCRIPT,
-            backend.database_url,
-            backend.data_dir,
-            agent_id,
-            NOW.isoformat(),
-            str(calls),
-            str(allowed),
-            str(TEN_CENTS),
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        for _ in range(2)
-    ]
-    try:
-        # Both processes connected before either fires, so their reservations overlap in the database.
-        for child in children:
-            assert child.stdout is not None
-            assert (await asyncio.wait_for(child.stdout.readline(), 60)).strip() == b"ready"
-        for child in children:
-            assert child.stdin is not None
-            child.stdin.write(b"go\n")
-            await child.stdin.drain()
-        outputs = [await asyncio.wait_for(child.communicate(), 120) for child in children]
-    finally:
-        for child in children:
-            if child.returncode is None:
-                child.kill()
-                await child.wait()
+    args = [backend.database_url, backend.data_dir, agent_id, NOW.isoformat(), str(calls), str(allowed), str(TEN_CENTS)]
+    # Both processes connected before either fires, so their reservations overlap in the database.
+    results = await race_children(CHILD_SCRIPT, args, count=2, ready_timeout=60, run_timeout=120)
 
-    assert [child.returncode for child in children] == [0, 0]
-    successes = [int(stdout) for stdout, _ in outputs]
+    assert [code for code, _ in results] == [0, 0]
+    successes = [int(stdout) for _, stdout in results]
     assert sum(successes) == allowed, successes
     day_id, month_id = period_ids(agent_id, NOW)
     cap = allowed * TEN_CENTS

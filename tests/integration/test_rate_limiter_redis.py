@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -39,7 +37,7 @@ from external_agents.nodes.governance.rate_limiter import (
     RedisRateLimiter,
 )
 from tests.clocks import FakeClock
-from tests.process_servers import RedisServer, redis_server
+from tests.process_servers import RedisServer, race_children, redis_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LUA_SHA = hashlib.sha1(
@@ -227,41 +225,13 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
 
 @pytest.mark.redis
 async def test_exact_across_processes(redis_url: str, key_prefix: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    children = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            CHILD_SCRIPT,
-            redis_url,
-            key_prefix,
-            "100",
-            "37",
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        for _ in range(3)
-    ]
-    try:
-        # Every process connected before any fires, so their requests overlap in Redis.
-        for child in children:
-            assert child.stdout is not None
-            assert (await asyncio.wait_for(child.stdout.readline(), 30)).strip() == b"ready"
-        for child in children:
-            assert child.stdin is not None
-            child.stdin.write(b"go\n")
-            await child.stdin.drain()
-        outputs = [await asyncio.wait_for(child.communicate(), 30) for child in children]
-    finally:
-        for child in children:
-            if child.returncode is None:
-                child.kill()
-                await child.wait()
+    # Every process connected before any fires, so their requests overlap in Redis.
+    results = await race_children(
+        CHILD_SCRIPT, [redis_url, key_prefix, "100", "37"], count=3, ready_timeout=30, run_timeout=30
+    )
 
-    assert [child.returncode for child in children] == [0, 0, 0]
-    allowed = [int(stdout) for stdout, _ in outputs]
+    assert [code for code, _ in results] == [0, 0, 0]
+    allowed = [int(stdout) for _, stdout in results]
     assert sum(allowed) == 37, allowed
 
 

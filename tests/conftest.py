@@ -15,9 +15,11 @@ from tests.factories import (
     TEST_POSTGRES_URL,
     TEST_REDIS_URL,
     Org,
+    app_client,
     make_settings,
     new_org,
     reset_postgres_database,
+    running_app,
 )
 
 pytest_plugins = ["tests.platform_server"]
@@ -37,25 +39,19 @@ def postgres_url() -> str:
 async def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres_url: str):
     """The Nexus app, migrated and started, shared by the tests of a session: embedded (SQLite, in-process
     rate limiter) and production-like (PostgreSQL and Redis)."""
-    from external_agents.models.migrate import upgrade
-    from external_agents.nexus_app import build_app
-
     data_dir = tmp_path_factory.mktemp(f"gateway-{request.param}")
     if request.param == "postgres":
         reset_postgres_database(postgres_url)
         settings = make_settings(postgres_url, str(data_dir), redis_url=TEST_REDIS_URL)
     else:
         settings = make_settings(f"sqlite:///{data_dir}/gateway.db", str(data_dir))
-    upgrade(settings, report=lambda _line: None)
-    app = build_app(settings)
-    async with app.fastapi_app.router.lifespan_context(app.fastapi_app):
+    async with running_app(settings) as app:
         yield app
 
 
 @pytest.fixture
 async def client(gateway) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=gateway.fastapi_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as http:
+    async with app_client(gateway) as http:
         yield http
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +111,27 @@ async def new_org(gateway: Any, permissions: list[str] | None = None, organizati
         permissions=permissions or ["admin"],
     )
     return Org(organization_id=organization_id, api_key=key)
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[Any]:
+    """The Nexus app on `settings`, migrated and started (its lifespan entered), as the server runs it."""
+    # Imported here: Nexus loads some 1,600 modules, which unit tests never need.
+    from external_agents.models.migrate import upgrade
+    from external_agents.nexus_app import build_app
+
+    upgrade(settings, report=lambda _line: None)
+    app = build_app(settings)
+    async with app.fastapi_app.router.lifespan_context(app.fastapi_app):
+        yield app
+
+
+@asynccontextmanager
+async def app_client(app: Any, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client calling `app` in-process (no port); `options` go to httpx.AsyncClient."""
+    transport = httpx.ASGITransport(app=app.fastapi_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test", **options) as http:
+        yield http
 
 
 async def register(

@@ -24,7 +24,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.factories import IDENTITY, Org, make_settings, new_org
+from tests.factories import IDENTITY, Org, app_client, make_settings, new_org, running_app
 from tests.factories import register as register_agent
 from tests.platform_server import PlatformServer
 
@@ -333,16 +333,9 @@ async def test_hostile_json_values_are_a_clear_400_on_every_storing_route(
 async def private_app(data_dir: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Org]]:
     """An app of its own (SQLite): host workflows keep state between runs, and these tests must not leak theirs
     into the shared app."""
-    from external_agents.models.migrate import upgrade
-    from external_agents.nexus_app import build_app
-
     settings = make_settings(f"sqlite:///{data_dir}/app.db", str(data_dir))
-    upgrade(settings, report=lambda _line: None)
-    app = build_app(settings)
-    async with app.fastapi_app.router.lifespan_context(app.fastapi_app):
-        transport = httpx.ASGITransport(app=app.fastapi_app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as http:
-            yield http, await new_org(app)
+    async with running_app(settings) as app, app_client(app) as http:
+        yield http, await new_org(app)
 
 
 @pytest.fixture(scope="module")

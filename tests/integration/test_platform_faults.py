@@ -26,7 +26,16 @@ import httpx
 import pytest
 
 from external_agents.nodes.platforms.base import DeliveryOptions
-from tests.factories import IDENTITY, TEST_REDIS_URL, drop_database, make_settings, new_org, reset_postgres_database
+from tests.factories import (
+    IDENTITY,
+    TEST_REDIS_URL,
+    app_client,
+    drop_database,
+    make_settings,
+    new_org,
+    reset_postgres_database,
+    running_app,
+)
 from tests.platform_server import PlatformServer, ScriptedResponse, closed_port_url
 
 TIMEOUT_SECONDS = 0.5
@@ -119,9 +128,6 @@ def resetting_server() -> Iterator[RawServer]:
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 async def fault_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres_url: str):
     """An app of its own with a short delivery timeout and two retries (the shared one has 2 s and one)."""
-    from external_agents.models.migrate import upgrade
-    from external_agents.nexus_app import build_app
-
     data_dir = tmp_path_factory.mktemp(f"platform-faults-{request.param}")
     overrides: dict[str, Any] = {
         "external_agent_webhook_timeout_seconds": TIMEOUT_SECONDS,
@@ -133,9 +139,7 @@ async def fault_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest
         settings = make_settings(database_url, str(data_dir), redis_url=TEST_REDIS_URL, **overrides)
     else:
         settings = make_settings(f"sqlite:///{data_dir}/faults.db", str(data_dir), **overrides)
-    upgrade(settings, report=lambda _line: None)
-    app = build_app(settings)
-    async with app.fastapi_app.router.lifespan_context(app.fastapi_app):
+    async with running_app(settings) as app:
         yield app
     if request.param == "postgres":
         drop_database(database_url)
@@ -143,8 +147,7 @@ async def fault_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest
 
 @pytest.fixture
 async def http(fault_gateway) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=fault_gateway.fastapi_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test", timeout=60) as client:
+    async with app_client(fault_gateway, timeout=60) as client:
         yield client
 
 

@@ -26,7 +26,16 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.factories import IDENTITY, TEST_FERNET_KEY, drop_database, make_settings, new_org, reset_postgres_database
+from tests.factories import (
+    IDENTITY,
+    TEST_FERNET_KEY,
+    app_client,
+    drop_database,
+    make_settings,
+    new_org,
+    reset_postgres_database,
+    running_app,
+)
 from tests.platform_server import TOKEN_PATH, PlatformServer, ScriptedResponse
 
 
@@ -70,9 +79,6 @@ def all_logs() -> Iterator[CaptureAll]:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 async def scan_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres_url: str):
-    from external_agents.models.migrate import upgrade
-    from external_agents.nexus_app import build_app
-
     data_dir = tmp_path_factory.mktemp(f"secret-scan-{request.param}")
     if request.param == "postgres":
         database_url = postgres_url.rsplit("/", 1)[0] + "/ea_secret_scan_test"
@@ -81,9 +87,7 @@ async def scan_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.
     else:
         database_url = f"sqlite:///{data_dir}/scan.db"
         settings = make_settings(database_url, str(data_dir), external_agent_webhook_retry_attempts=0)
-    upgrade(settings, report=lambda _line: None)
-    app = build_app(settings)
-    async with app.fastapi_app.router.lifespan_context(app.fastapi_app):
+    async with running_app(settings) as app:
         yield app
     if request.param == "postgres":
         drop_database(database_url)
@@ -99,10 +103,7 @@ async def recorded(scan_gateway) -> AsyncIterator[tuple[httpx.AsyncClient, list[
         headers = "\n".join(f"{k}: {v}" for k, v in response.headers.multi_items())
         seen.append(f"{response.status_code}\n{headers}\n{response.text}")
 
-    transport = httpx.ASGITransport(app=scan_gateway.fastapi_app)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://gateway.test", event_hooks={"response": [keep]}
-    ) as http:
+    async with app_client(scan_gateway, event_hooks={"response": [keep]}) as http:
         yield http, seen
 
 

@@ -35,7 +35,7 @@ import pytest
 import sqlalchemy as sa
 
 from external_agents.stores.api_keys import PERMISSIONS, create_api_key, hash_key, revoke_api_key
-from tests.factories import Org, make_settings, new_org
+from tests.factories import Org, app_client, make_settings, new_org, running_app
 from tests.platform_server import PlatformServer, ScriptedResponse
 
 PUBLIC = "public"
@@ -313,8 +313,7 @@ async def world(gateway, _platform_server_session: PlatformServer) -> World:
 
 @pytest.fixture
 async def http(gateway) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=gateway.fastapi_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+    async with app_client(gateway) as client:
         yield client
 
 
@@ -576,23 +575,17 @@ URL_FIELDS = [
 @pytest.fixture(scope="module")
 async def strict_gateway(tmp_path_factory: pytest.TempPathFactory):
     """An app as production runs it: private webhooks refused (the shared test app allows them)."""
-    from external_agents.models.migrate import upgrade
-    from external_agents.nexus_app import build_app
-
     data_dir = tmp_path_factory.mktemp("strict-webhooks")
     settings = make_settings(
         f"sqlite:///{data_dir}/strict.db", str(data_dir), external_agent_allow_private_webhooks=False
     )
-    upgrade(settings, report=lambda _line: None)
-    app = build_app(settings)
-    async with app.fastapi_app.router.lifespan_context(app.fastapi_app):
+    async with running_app(settings) as app:
         yield app
 
 
 @pytest.fixture
 async def strict(strict_gateway) -> AsyncIterator[tuple[httpx.AsyncClient, Org]]:
-    transport = httpx.ASGITransport(app=strict_gateway.fastapi_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+    async with app_client(strict_gateway) as client:
         yield client, await new_org(strict_gateway)
 
 

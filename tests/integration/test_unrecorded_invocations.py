@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from external_agents.models import TABLES
 from external_agents.money import to_micros
-from external_agents.nexus_app import build_app
 from external_agents.stores.budgets import BudgetLimits, Reservation, current_spend, reserve
 from external_agents.stores.invocations import (
     REPLAY_INTERVAL_SECONDS,
@@ -29,7 +28,7 @@ from external_agents.stores.invocations import (
 from external_agents.stores.lineage import erase_user_lineage
 from external_agents.stores.unrecorded import UnrecordedJournal
 from tests.clocks import ManualTicker
-from tests.factories import invoke, register
+from tests.factories import invoke, register, running_app
 
 NOW = datetime.now(UTC)
 ROOMY = BudgetLimits(daily_micros=to_micros(100), monthly_micros=to_micros(1000))
@@ -346,8 +345,7 @@ async def test_the_app_replays_its_journal_when_it_starts(gateway, client, org, 
     )
     assert (await invoke(client, org, agent["id"])).status_code == 200
 
-    app = build_app(settings)
-    async with app.fastapi_app.router.lifespan_context(app.fastapi_app):
+    async with running_app(settings):
         # The first pass runs as the app starts, not after an interval: this waits for that task, not a timer.
         for _ in range(500):
             if not journal.pending():

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +87,20 @@ def reset_postgres_database(url: str) -> None:
             cursor.execute(f'CREATE DATABASE "{make_url(url).database}"')
     finally:
         admin.close()
+
+
+@contextmanager
+def throwaway_database(server_url: str, *, prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database named `prefix` plus a random suffix, on the server of `server_url`.
+
+    Yields its URL; the database is dropped afterwards.
+    """
+    url = make_url(server_url).set(database=f"{prefix}{uuid.uuid4().hex[:12]}").render_as_string(hide_password=False)
+    reset_postgres_database(url)
+    try:
+        yield url
+    finally:
+        drop_database(url)
 
 
 @dataclass(frozen=True)

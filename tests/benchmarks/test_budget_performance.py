@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
-import psycopg2
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -23,7 +22,7 @@ from sqlalchemy.engine import make_url
 from external_agents.models import METADATA
 from external_agents.stores.budgets import BudgetLimits, Reservation, period_ids, reserve
 from external_agents.stores.database import create_engine
-from tests.factories import make_settings
+from tests.factories import make_settings, throwaway_database
 
 pytestmark = pytest.mark.postgres
 
@@ -47,24 +46,11 @@ RETURNING budget_counters.id, spent_micros, executions
 @pytest.fixture(scope="module")
 async def database_url(postgres_url: str) -> AsyncIterator[str]:
     """A throwaway database with the schema, dropped afterwards."""
-    parsed = make_url(postgres_url)
-    database = f"ea_budget_bench_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(
-        host=parsed.host, port=parsed.port or 5432, user=parsed.username or "postgres", dbname="postgres"
-    )
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{database}"')
-    url = parsed.set(database=database).render_as_string(hide_password=False)
-    try:
+    with throwaway_database(postgres_url, prefix="ea_budget_bench_") as url:
         schema_engine = sa.create_engine(make_url(url).set(drivername="postgresql+psycopg2"))
         METADATA.create_all(schema_engine)
         schema_engine.dispose()
         yield url
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        admin.close()
 
 
 def _summary(samples_ms: list[float]) -> tuple[float, float]:

@@ -11,13 +11,12 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
-import psycopg2
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from external_agents.models import METADATA, TABLES
@@ -39,7 +38,7 @@ from external_agents.stores.budgets import (
     settle,
 )
 from external_agents.stores.database import create_engine
-from tests.factories import make_settings
+from tests.factories import make_settings, throwaway_database
 from tests.process_servers import race_children
 
 counters = TABLES["budget_counters"]
@@ -58,41 +57,25 @@ class Backend:
     engine: AsyncEngine
 
 
-def _admin(postgres_url: str) -> psycopg2.extensions.connection:
-    parsed = make_url(postgres_url)
-    admin = psycopg2.connect(
-        host=parsed.host, port=parsed.port or 5432, user=parsed.username or "postgres", dbname="postgres"
-    )
-    admin.autocommit = True
-    return admin
-
-
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def backend(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres_url: str
 ) -> AsyncIterator[Backend]:
     data_dir = str(tmp_path_factory.mktemp(f"budgets-{request.param}"))
-    database = f"ea_budget_{uuid.uuid4().hex[:12]}"
-    if request.param == "postgres":
-        admin = _admin(postgres_url)
-        with admin.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{database}"')
-        url = make_url(postgres_url).set(database=database).render_as_string(hide_password=False)
-    else:
-        url = f"sqlite:///{data_dir}/budgets.db"
-    settings: Settings = make_settings(url, data_dir, database_pool_size=20)
-    schema_engine = sa.create_engine(settings.sync_database_url)
-    METADATA.create_all(schema_engine)
-    schema_engine.dispose()
-    engine = create_engine(settings)
-    try:
-        yield Backend(name=request.param, database_url=url, data_dir=data_dir, engine=engine)
-    finally:
-        await engine.dispose()
+    with ExitStack() as cleanup:
         if request.param == "postgres":
-            with admin.cursor() as cursor:
-                cursor.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-            admin.close()
+            url = cleanup.enter_context(throwaway_database(postgres_url, prefix="ea_budget_"))
+        else:
+            url = f"sqlite:///{data_dir}/budgets.db"
+        settings: Settings = make_settings(url, data_dir, database_pool_size=20)
+        schema_engine = sa.create_engine(settings.sync_database_url)
+        METADATA.create_all(schema_engine)
+        schema_engine.dispose()
+        engine = create_engine(settings)
+        try:
+            yield Backend(name=request.param, database_url=url, data_dir=data_dir, engine=engine)
+        finally:
+            await engine.dispose()
 
 
 @pytest.fixture

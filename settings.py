@@ -156,10 +156,6 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def is_production(self) -> bool:
-        return self.kaizen_env is Environment.PRODUCTION
-
-    @property
     def sqlite_path(self) -> Path:
         return self.kaizen_data_dir / "external_agents.db"
 

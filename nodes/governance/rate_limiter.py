@@ -295,11 +295,6 @@ class FailoverRateLimiter:
         self._retry_at = 0.0
         self._last_error: BaseException | None = None
 
-    @property
-    def redis_healthy(self) -> bool:
-        """False from a failed Redis call until the next one that succeeds (for /api/health)."""
-        return self._healthy
-
     async def hit(self, key: str, limits: RateLimits) -> RateLimitDecision:
         return await self._run(key, limits, record=True)
 

@@ -166,9 +166,9 @@ LIMITS = RateLimits(per_minute=2, per_hour=100, per_day=1_000)
 @pytest.mark.parametrize(
     "error", [RedisConnectionError("refused"), RedisTimeoutError("timed out"), OSError("unreachable")]
 )
-async def test_fail_open_answers_from_the_fallback_with_the_same_limits(error: BaseException) -> None:
+async def test_fail_open_answers_from_the_fallback_with_the_same_limits(error: BaseException, clock: FakeClock) -> None:
     primary = SwitchablePrimary()
-    failover = FailoverRateLimiter(primary, InProcessRateLimiter(), fail_open=True)
+    failover = FailoverRateLimiter(primary, InProcessRateLimiter(), fail_open=True, clock=clock)
     assert (await failover.hit("agent", LIMITS)).backend == "redis"
 
     primary.error = error
@@ -178,7 +178,8 @@ async def test_fail_open_answers_from_the_fallback_with_the_same_limits(error: B
     # A per-instance limit, never no limit.
     assert [d.allowed for d in decisions] == [True, True, False]
     assert (await failover.peek("agent", LIMITS)).current_usage["minute"] == 2
-    assert not failover.redis_healthy
+    # Marked down: only the first failing call tried Redis, the rest waited out the back-off on the fallback.
+    assert primary.calls == 2
 
 
 async def test_fail_closed_raises_from_the_redis_error() -> None:
@@ -212,8 +213,10 @@ async def test_redis_is_retried_at_most_once_per_interval_and_resumes(clock: Fak
     assert primary.calls == 1
     clock.advance(0.01)
     assert (await failover.hit("agent", LIMITS)).backend == "redis"
-    assert failover.redis_healthy
     assert primary.calls == 2
+    # Back up: every call goes to Redis again, with no back-off in between.
+    assert (await failover.hit("agent", LIMITS)).backend == "redis"
+    assert primary.calls == 3
 
 
 async def test_other_storage_errors_propagate_and_do_not_switch_to_the_fallback() -> None:
@@ -224,4 +227,7 @@ async def test_other_storage_errors_propagate_and_do_not_switch_to_the_fallback(
     with pytest.raises(StorageError):
         await failover.hit("agent", LIMITS)
 
-    assert failover.redis_healthy
+    # Not taken for an outage: the very next call goes to the primary again, no back-off, no fallback.
+    primary.error = None
+    assert (await failover.hit("agent", LIMITS)).backend == "redis"
+    assert primary.calls == 2

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from external_agents.settings import SettingsError, load_settings
+from external_agents.settings import Environment, SettingsError, load_settings
 from tests.factories import TEST_FERNET_KEY
 
 
@@ -66,7 +66,7 @@ def test_production_refuses_to_start_without_key_and_database(monkeypatch):
     assert "EXTERNAL_AGENT_ENCRYPTION_KEY and DATABASE_URL" in str(caught.value)
     monkeypatch.setenv("EXTERNAL_AGENT_ENCRYPTION_KEY", TEST_FERNET_KEY)
     monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1/x")
-    assert load_settings().is_production
+    assert load_settings().kaizen_env is Environment.PRODUCTION
 
 
 def test_embedded_defaults_and_a_key_that_survives_restarts(tmp_path):

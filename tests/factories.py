@@ -89,6 +89,13 @@ def reset_postgres_database(url: str) -> None:
         admin.close()
 
 
+UNLIMITED = {
+    # Agent limits no benchmark or fault run reaches, so what they measure is never a refusal.
+    **{"max_monthly_cost": 1_000_000.0, "max_daily_cost": 1_000_000.0, "cost_per_execution": 0.0001},
+    **{"requests_per_minute": 10_000_000, "requests_per_hour": 10_000_000, "requests_per_day": 10_000_000},
+}
+
+
 @contextmanager
 def throwaway_database(server_url: str, *, prefix: str) -> Iterator[str]:
     """A new, empty PostgreSQL database named `prefix` plus a random suffix, on the server of `server_url`.

@@ -18,10 +18,12 @@ from pathlib import Path
 import httpx
 import redis
 
-from tests.factories import TEST_FERNET_KEY, make_settings, reset_postgres_database
+from tests.factories import IDENTITY, TEST_FERNET_KEY, make_settings, reset_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_API_KEY = "bench-admin-key-0123456789abcdefghij"
+# What a client of these servers sends: the bootstrap admin key and a caller identity.
+HEADERS = {"Authorization": f"Bearer {BENCH_API_KEY}", **IDENTITY}
 
 
 def free_port() -> int:

@@ -24,25 +24,10 @@ import pytest
 import sqlalchemy as sa
 
 from tests.benchmarks.lean_http_client import LeanConnection
-from tests.factories import TEST_REDIS_URL
-from tests.process_servers import BENCH_API_KEY, app_env, app_server, fresh_database, instant_platform
+from tests.factories import TEST_REDIS_URL, UNLIMITED
+from tests.process_servers import HEADERS, app_env, app_server, fresh_database, instant_platform
 
 BENCH_DB = "postgresql://postgres@127.0.0.1:5432/ea_bench_invoke"
-HEADERS = {
-    "Authorization": f"Bearer {BENCH_API_KEY}",
-    "X-External-User-ID": "bench-user",
-    "X-External-User-Email": "bench@example.com",
-    "X-External-System": "bench",
-    "X-External-Session-ID": "bench-session",
-}
-UNLIMITED = {
-    "max_monthly_cost": 1_000_000.0,
-    "max_daily_cost": 1_000_000.0,
-    "cost_per_execution": 0.0001,
-    "requests_per_minute": 10_000_000,
-    "requests_per_hour": 10_000_000,
-    "requests_per_day": 10_000_000,
-}
 
 
 def percentiles(samples_ms: list[float]) -> tuple[float, float]:

@@ -1,5 +1,6 @@
-"""What the fault and scale-out suites share: private Redis and PostgreSQL servers they may stop and start,
-a round-robin client over app instances, database checks, and a scan of server logs for secrets.
+"""What the fault and scale-out suites share: a private PostgreSQL cluster they may stop and start, a
+round-robin client over app instances, database checks, and a scan of server logs for secrets. (The Redis
+they stop and start is tests/process_servers.py's, which the integration suite uses too.)
 
 Everything binds 127.0.0.1 and is stopped (and its files removed) when its context exits. The main PostgreSQL
 and Redis of the machine are never stopped: these suites start their own where they need to break one.
@@ -23,11 +24,10 @@ import httpx
 import psycopg2
 import pytest
 
-from tests.factories import IDENTITY, TEST_FERNET_KEY
-from tests.process_servers import BENCH_API_KEY, free_port
+from tests.factories import TEST_FERNET_KEY
+from tests.process_servers import BENCH_API_KEY, HEADERS, free_port
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
-HEADERS = {"Authorization": f"Bearer {BENCH_API_KEY}", **IDENTITY}
 # What no server log may contain, whatever happened.
 SECRETS = (BENCH_API_KEY, TEST_FERNET_KEY)
 
@@ -160,13 +160,3 @@ async def register(client: RoundRobin, platform: str, path: str, **fields: Any) 
     response = await client.request("POST", "/api/external-agents", json=body, headers=HEADERS)
     assert response.status_code == 201, response.text
     return response.json()["id"]
-
-
-UNLIMITED = {
-    "max_monthly_cost": 1_000_000.0,
-    "max_daily_cost": 1_000_000.0,
-    "cost_per_execution": 0.0001,
-    "requests_per_minute": 10_000_000,
-    "requests_per_hour": 10_000_000,
-    "requests_per_day": 10_000_000,
-}

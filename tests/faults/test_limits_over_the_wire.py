@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.faults.support import HEADERS, report
-from tests.process_servers import app_env, app_server
+from tests.faults.support import report
+from tests.process_servers import HEADERS, app_env, app_server
 
 MIB = 1024 * 1024
 

@@ -31,10 +31,9 @@ import httpx
 import pytest
 
 from external_agents.stores.invocations import RECORD_RETRY_SECONDS
+from tests.factories import UNLIMITED
 from tests.faults.support import (
-    HEADERS,
     SECRETS,
-    UNLIMITED,
     RoundRobin,
     private_postgres,
     register,
@@ -44,7 +43,7 @@ from tests.faults.support import (
     summary_ms,
 )
 from tests.platform_server import PlatformServer, ScriptedResponse
-from tests.process_servers import app_env, app_server, fresh_database
+from tests.process_servers import HEADERS, app_env, app_server, fresh_database
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 WEBHOOK_TIMEOUT_SECONDS = 2.0

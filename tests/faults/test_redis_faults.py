@@ -26,18 +26,17 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from external_agents.nodes.governance.rate_limiter import FAIL_CLOSED_DETAIL
-from tests.factories import drop_database
-from tests.faults.support import (
+from tests.factories import UNLIMITED, drop_database
+from tests.faults.support import SECRETS, RoundRobin, register, report, secrets_in_logs, sql
+from tests.process_servers import (
     HEADERS,
-    SECRETS,
-    UNLIMITED,
-    RoundRobin,
-    register,
-    report,
-    secrets_in_logs,
-    sql,
+    RedisServer,
+    app_env,
+    app_server,
+    fresh_database,
+    instant_platform,
+    redis_server,
 )
-from tests.process_servers import RedisServer, app_env, app_server, fresh_database, instant_platform, redis_server
 
 DATABASE = "postgresql://postgres@127.0.0.1:5432/ea_issue6_redis"
 FALLBACK_LIMIT = 5

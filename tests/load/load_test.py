@@ -28,9 +28,9 @@ from pathlib import Path
 import httpx
 import redis
 
-from tests.factories import drop_database
-from tests.faults.support import HEADERS, UNLIMITED, RoundRobin, percentile, register
-from tests.process_servers import app_env, app_server, fresh_database, instant_platform
+from tests.factories import UNLIMITED, drop_database
+from tests.faults.support import RoundRobin, percentile, register
+from tests.process_servers import HEADERS, app_env, app_server, fresh_database, instant_platform
 
 DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/ea_issue6_load"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/13"

@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
@@ -30,11 +31,10 @@ from tests.factories import (
     IDENTITY,
     TEST_REDIS_URL,
     app_client,
-    drop_database,
     make_settings,
     new_org,
-    reset_postgres_database,
     running_app,
+    throwaway_database,
 )
 from tests.platform_server import PlatformServer, ScriptedResponse, closed_port_url
 
@@ -133,16 +133,14 @@ async def fault_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest
         "external_agent_webhook_timeout_seconds": TIMEOUT_SECONDS,
         "external_agent_webhook_retry_attempts": RETRIES,
     }
-    if request.param == "postgres":
-        database_url = postgres_url.rsplit("/", 1)[0] + "/ea_platform_faults_test"
-        reset_postgres_database(database_url)
-        settings = make_settings(database_url, str(data_dir), redis_url=TEST_REDIS_URL, **overrides)
-    else:
-        settings = make_settings(f"sqlite:///{data_dir}/faults.db", str(data_dir), **overrides)
-    async with running_app(settings) as app:
-        yield app
-    if request.param == "postgres":
-        drop_database(database_url)
+    with ExitStack() as cleanup:
+        if request.param == "postgres":
+            database_url = cleanup.enter_context(throwaway_database(postgres_url, prefix="ea_platform_faults_"))
+            settings = make_settings(database_url, str(data_dir), redis_url=TEST_REDIS_URL, **overrides)
+        else:
+            settings = make_settings(f"sqlite:///{data_dir}/faults.db", str(data_dir), **overrides)
+        async with running_app(settings) as app:
+            yield app
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import ExitStack
 
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
@@ -13,34 +14,34 @@ from external_agents.app_state import build_state
 from external_agents.channels.cli import app
 from external_agents.credential_cipher import CredentialCipher
 from external_agents.stores.agents import all_credential_tokens, replace_credential_token
-from tests.factories import TEST_FERNET_KEY, make_settings, reset_postgres_database
+from tests.factories import TEST_FERNET_KEY, make_settings, throwaway_database
 
 NEW_KEY = Fernet.generate_key().decode()
 CALLER = {"api_key_id": "k", "organization_id": "org-rotate"}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def database(request, tmp_path):
+async def database(request, tmp_path, postgres_url):
     from external_agents.models.migrate import upgrade
 
-    if request.param == "postgres":
-        url = "postgresql://postgres@127.0.0.1:5432/ea_rotate_test"
-        reset_postgres_database(url)
-    else:
-        url = f"sqlite:///{tmp_path}/rotate.db"
-    settings = make_settings(url, str(tmp_path))
-    upgrade(settings, report=lambda _line: None)
-    state = build_state(settings)
-    for index in range(3):
-        body = {
-            "name": f"agent-{index}",
-            "platform": "custom_http",
-            "platform_config": {"url": "https://api.example.com/hook"},
-            "auth_config": {"auth_type": "bearer_token", "credentials": {"token": f"secret-{index}"}},
-        }
-        await state.runner.run(state.registry.create, {"create_agent": {"caller": CALLER, "body": body}})
-    yield url, state
-    await state.aclose()
+    with ExitStack() as cleanup:
+        if request.param == "postgres":
+            url = cleanup.enter_context(throwaway_database(postgres_url, prefix="ea_rotate_"))
+        else:
+            url = f"sqlite:///{tmp_path}/rotate.db"
+        settings = make_settings(url, str(tmp_path))
+        upgrade(settings, report=lambda _line: None)
+        state = build_state(settings)
+        for index in range(3):
+            body = {
+                "name": f"agent-{index}",
+                "platform": "custom_http",
+                "platform_config": {"url": "https://api.example.com/hook"},
+                "auth_config": {"auth_type": "bearer_token", "credentials": {"token": f"secret-{index}"}},
+            }
+            await state.runner.run(state.registry.create, {"create_agent": {"caller": CALLER, "body": body}})
+        yield url, state
+        await state.aclose()
 
 
 async def rotate(monkeypatch: pytest.MonkeyPatch, url: str, tmp_path) -> Result:

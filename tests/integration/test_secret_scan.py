@@ -19,6 +19,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,10 @@ from tests.factories import (
     IDENTITY,
     TEST_FERNET_KEY,
     app_client,
-    drop_database,
     make_settings,
     new_org,
-    reset_postgres_database,
     running_app,
+    throwaway_database,
 )
 from tests.platform_server import TOKEN_PATH, PlatformServer, ScriptedResponse
 
@@ -80,17 +80,14 @@ def all_logs() -> Iterator[CaptureAll]:
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 async def scan_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres_url: str):
     data_dir = tmp_path_factory.mktemp(f"secret-scan-{request.param}")
-    if request.param == "postgres":
-        database_url = postgres_url.rsplit("/", 1)[0] + "/ea_secret_scan_test"
-        reset_postgres_database(database_url)
+    with ExitStack() as cleanup:
+        if request.param == "postgres":
+            database_url = cleanup.enter_context(throwaway_database(postgres_url, prefix="ea_secret_scan_"))
+        else:
+            database_url = f"sqlite:///{data_dir}/scan.db"
         settings = make_settings(database_url, str(data_dir), external_agent_webhook_retry_attempts=0)
-    else:
-        database_url = f"sqlite:///{data_dir}/scan.db"
-        settings = make_settings(database_url, str(data_dir), external_agent_webhook_retry_attempts=0)
-    async with running_app(settings) as app:
-        yield app
-    if request.param == "postgres":
-        drop_database(database_url)
+        async with running_app(settings) as app:
+            yield app
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Shapes of the requests every channel accepts (REST bodies, MCP tool arguments, CLI options).
+"""Shapes of the requests every channel accepts (REST bodies, MCP tool arguments, CLI options); the agent's
+fields are declared in agent_fields.py.
 
 Validated here once, so a bad value gets the same 400 and the same message whichever channel sent it.
 """
@@ -7,49 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticValidationError
 
 from external_agents.errors import ValidationError
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"\S")]
-Cost = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
 ModelT = TypeVar("ModelT", bound=BaseModel)
-PerPeriod = Annotated[int, Field(ge=1, le=10_000_000, strict=True)]
-# Executions an agent may make in a UTC day or month; null (or left out) is no limit.
-ExecutionLimit = Annotated[int, Field(ge=1, le=1_000_000_000, strict=True)]
-
-
-class AgentLimits(BaseModel):
-    """The budget, rate and execution limits an agent is registered with, or patched to (None: not given)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_monthly_cost: Cost | None = None
-    max_daily_cost: Cost | None = None
-    cost_per_execution: Cost | None = None
-    requests_per_minute: PerPeriod | None = None
-    requests_per_hour: PerPeriod | None = None
-    requests_per_day: PerPeriod | None = None
-    daily_execution_limit: ExecutionLimit | None = None
-    monthly_execution_limit: ExecutionLimit | None = None
-
-
-class AgentCreate(AgentLimits):
-    name: Name
-    description: Annotated[str | None, Field(max_length=10_000)] = None
-    platform: Annotated[str, Field(min_length=1, max_length=50)]
-    platform_config: dict[str, Any]
-    auth_config: dict[str, Any] = Field(default_factory=lambda: {"auth_type": "none", "credentials": {}})
-
-
-class AgentUpdate(AgentLimits):
-    name: Name | None = None
-    description: Annotated[str | None, Field(max_length=10_000)] = None
-    platform_config: dict[str, Any] | None = None
-    auth_config: dict[str, Any] | None = None
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

@@ -26,9 +26,11 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
+from external_agents.agent_fields import AgentCreate
 from external_agents.channels.error_responses import error_body_of
 from external_agents.channels.invocation_responses import invocation_answer
 from external_agents.errors import ExternalAgentsError
+from external_agents.field_sets import tool_parameters, with_parameters
 from external_agents.gateway.operations import LocalGateway
 from external_agents.nodes.lineage import DEFAULT_DEPTH, MAX_DEPTH, MAX_PAGE, MAX_PAGE_SIZE
 from external_agents.nodes.platforms import ADAPTERS
@@ -59,11 +61,6 @@ Limit = Annotated[int, Field(ge=1, le=MAX_PAGE_SIZE, description=f"Items per pag
 Date = Annotated[str | None, Field(max_length=64, description="ISO 8601 with a time zone, e.g. 2025-01-31T00:00:00Z.")]
 Status = Annotated[
     str | None, Field(max_length=50, description="Only invocations in this status: success, failure, timeout, denied.")
-]
-Cost = Annotated[float | None, Field(ge=0, description="US dollars; the configured default when omitted.")]
-PerPeriod = Annotated[int | None, Field(ge=1, description="Maximum invocations; the configured default when omitted.")]
-ExecutionLimit = Annotated[
-    int | None, Field(ge=1, description="Maximum invocations per UTC day or month (402 beyond); none when omitted.")
 ]
 Email = Annotated[str, Field(min_length=3, max_length=255, description="The external user's email address.")]
 JsonObject = dict[str, Any]
@@ -124,57 +121,22 @@ class GatewayTools:
         month). An unknown id, or another organisation's agent, is a 404 error. Needs read:external_agent."""
         return await self._call(ctx, lambda gw: gw.get_agent(agent_id))
 
-    async def register_agent(
-        self,
-        ctx: Context,
-        name: Annotated[str, Field(min_length=1, max_length=255, description="Unique within the organisation.")],
-        platform: Annotated[
-            str, Field(description="The agent's platform.", json_schema_extra={"enum": list(ADAPTERS)})
-        ],
-        platform_config: Annotated[
-            JsonObject,
-            Field(
-                description="Where to deliver: teams/slack/discord {webhook_url}, telegram {bot_token, chat_id}, "
-                "notion {database_id}, custom_http {url, method?, headers?, timeout?}."
-            ),
-        ],
-        auth_config: Annotated[
-            JsonObject | None,
-            Field(
-                description=f"{{auth_type, credentials}}; auth_type one of {', '.join(AUTH_TYPES)}, "
+    @with_parameters(
+        tool_parameters(
+            AgentCreate,
+            descriptions={
+                "auth_config": f"{{auth_type, credentials}}; auth_type one of {', '.join(AUTH_TYPES)}, "
                 "e.g. {'auth_type': 'bearer_token', 'credentials': {'token': '...'}}. Default: none."
-            ),
-        ] = None,
-        description: Annotated[str | None, Field(max_length=10_000, description="What the agent does.")] = None,
-        max_monthly_cost: Cost = None,
-        max_daily_cost: Cost = None,
-        cost_per_execution: Cost = None,
-        requests_per_minute: PerPeriod = None,
-        requests_per_hour: PerPeriod = None,
-        requests_per_day: PerPeriod = None,
-        daily_execution_limit: ExecutionLimit = None,
-        monthly_execution_limit: ExecutionLimit = None,
-    ) -> JsonObject:
+            },
+            schema_extra={"platform": {"enum": list(ADAPTERS)}},
+        )
+    )
+    async def register_agent(self, ctx: Context, **given: Any) -> JsonObject:
         """Register an external agent for the organisation; returns it with "credentials": "***".
 
         A duplicate name is a 409 error; an unknown platform or an invalid platform_config/auth_config a 400
         naming the problem. Needs create:external_agent.
         """
-        given = {
-            "name": name,
-            "platform": platform,
-            "platform_config": platform_config,
-            "auth_config": auth_config,
-            "description": description,
-            "max_monthly_cost": max_monthly_cost,
-            "max_daily_cost": max_daily_cost,
-            "cost_per_execution": cost_per_execution,
-            "requests_per_minute": requests_per_minute,
-            "requests_per_hour": requests_per_hour,
-            "requests_per_day": requests_per_day,
-            "daily_execution_limit": daily_execution_limit,
-            "monthly_execution_limit": monthly_execution_limit,
-        }
         body = {key: value for key, value in given.items() if value is not None}
         return await self._call(ctx, lambda gw: gw.create_agent(body))
 

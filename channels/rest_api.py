@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from starlette.responses import JSONResponse, Response
 
+from external_agents.agent_fields import AgentCreate, AgentUpdate
 from external_agents.channels.error_responses import request_id_of
 from external_agents.channels.invocation_responses import invocation_response
 from external_agents.channels.route_support import (
@@ -20,7 +21,7 @@ from external_agents.channels.route_support import (
 )
 from external_agents.gateway.operations import run_invocation
 from external_agents.nodes.invocation import CONTEXT_HEADER, OPTIONAL_IDENTITY, REQUIRED_IDENTITY
-from external_agents.request_models import AgentCreate, AgentUpdate, InvocationBody
+from external_agents.request_models import InvocationBody
 from external_agents.stores.database import ping
 
 router = APIRouter(prefix="/api")

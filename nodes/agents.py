@@ -13,6 +13,13 @@ from typing import Any
 
 from kailash.nodes.base import register_node
 
+from external_agents.agent_fields import (
+    CLEARABLE_FIELDS,
+    AgentCreate,
+    AgentUpdate,
+    limit_values,
+    present_limits,
+)
 from external_agents.credential_cipher import CredentialCipher
 from external_agents.errors import NotFoundError, ValidationError
 from external_agents.money import to_micros, to_usd
@@ -21,14 +28,12 @@ from external_agents.nodes.platforms import get_adapter, validate_platform_confi
 from external_agents.nodes.platforms.auth import validate_auth_config
 from external_agents.nodes.platforms.base import DeliveryOptions
 from external_agents.nodes.platforms.webhook_url import check_webhook_url
-from external_agents.request_models import AgentCreate, AgentUpdate, parse, reject_unstorable
+from external_agents.request_models import parse, reject_unstorable
 from external_agents.stores import agents as agent_store
 
 # Secrets that some platforms take in platform_config (an adapter's `secret_fields`, such as telegram's bot
 # token) are moved into the encrypted envelope and shown as MASK; sending MASK back keeps the stored secret.
 MASK = "***"
-# The fields a PATCH may set to null.
-NULLABLE_FIELDS = ("description", *agent_store.LIMIT_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,17 @@ class AgentDefaults:
     per_hour: int
     per_day: int
 
+    def by_limit(self) -> dict[str, float | int]:
+        """The defaults by the limit field they fill in; a limit not named here has no default (no limit)."""
+        return {
+            "max_monthly_cost": self.monthly_budget,
+            "max_daily_cost": self.daily_budget,
+            "cost_per_execution": self.cost_per_execution,
+            "requests_per_minute": self.per_minute,
+            "requests_per_hour": self.per_hour,
+            "requests_per_day": self.per_day,
+        }
+
 
 def present_agent(row: dict[str, Any], *, month_spent_micros: int | None = None) -> dict[str, Any]:
     """The agent as every channel shows it: no credential, ever."""
@@ -52,14 +68,7 @@ def present_agent(row: dict[str, Any], *, month_spent_micros: int | None = None)
         "platform": row["platform"],
         "platform_config": row["platform_config"],
         "auth_config": {**row["auth_config"], "credentials": MASK},
-        "max_monthly_cost": row["max_monthly_cost"],
-        "max_daily_cost": row["max_daily_cost"],
-        "cost_per_execution": row["cost_per_execution"],
-        "requests_per_minute": row["requests_per_minute"],
-        "requests_per_hour": row["requests_per_hour"],
-        "requests_per_day": row["requests_per_day"],
-        "daily_execution_limit": row["daily_execution_limit"],
-        "monthly_execution_limit": row["monthly_execution_limit"],
+        **present_limits(row),
         "organization_id": row["organization_id"],
         "created_by": row["created_by"],
         "created_at": row["created_at"].isoformat(),
@@ -130,22 +139,15 @@ def build_agent_row(
         "platform_config": platform_config,
         "auth_config": {"auth_type": auth_type, **auth_settings},
         "encrypted_credentials": _seal(cipher, auth=credentials, platform=platform_secrets),
-        "max_monthly_cost": _or(spec.max_monthly_cost, defaults.monthly_budget),
-        "max_daily_cost": _or(spec.max_daily_cost, defaults.daily_budget),
-        "cost_per_execution": _or(spec.cost_per_execution, defaults.cost_per_execution),
-        "requests_per_minute": _or(spec.requests_per_minute, defaults.per_minute),
-        "requests_per_hour": _or(spec.requests_per_hour, defaults.per_hour),
-        "requests_per_day": _or(spec.requests_per_day, defaults.per_day),
-        "daily_execution_limit": spec.daily_execution_limit,
-        "monthly_execution_limit": spec.monthly_execution_limit,
+        **_with_defaults(limit_values(spec), defaults.by_limit()),
         "organization_id": caller["organization_id"],
         "created_by": caller["api_key_id"],
         "created_at": datetime.now(UTC),
     }
 
 
-def _or(given: Any, default: Any) -> Any:
-    return default if given is None else given
+def _with_defaults(given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    return {name: defaults.get(name) if value is None else value for name, value in given.items()}
 
 
 def build_agent_changes(
@@ -160,7 +162,7 @@ def build_agent_changes(
         if field not in ("platform_config", "auth_config")
     }
     # null clears a description or an execution limit; no other field may be emptied.
-    for field in (f for f in changes if f not in NULLABLE_FIELDS):
+    for field in (f for f in changes if f not in CLEARABLE_FIELDS):
         if changes[field] is None:
             raise ValidationError(f"{field}: must not be null")
     if update.platform_config is None and update.auth_config is None:

@@ -21,8 +21,9 @@ agents = TABLES["external_agents"]
 limits = TABLES["external_agent_limits"]
 counters = TABLES["budget_counters"]
 
-LIMIT_FIELDS = ("daily_execution_limit", "monthly_execution_limit")
-_AGENT_COLUMNS = (*agents.c, *(limits.c[field] for field in LIMIT_FIELDS))
+# Every column of the limits table but its key and time stamp is a limit of the agent's (see agent_fields.py).
+LIMIT_COLUMNS = tuple(c.name for c in limits.c if c.name not in ("external_agent_id", "updated_at"))
+_AGENT_COLUMNS = (*agents.c, *(limits.c[name] for name in LIMIT_COLUMNS))
 _AGENTS_WITH_LIMITS = agents.outerjoin(limits, limits.c.external_agent_id == agents.c.id)
 
 
@@ -33,8 +34,8 @@ def _select_agents(*extra: Any) -> sa.Select[Any]:
 def _split(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(external_agents columns, execution limits) of a row or a change."""
     return (
-        {k: v for k, v in values.items() if k not in LIMIT_FIELDS},
-        {k: v for k, v in values.items() if k in LIMIT_FIELDS},
+        {k: v for k, v in values.items() if k not in LIMIT_COLUMNS},
+        {k: v for k, v in values.items() if k in LIMIT_COLUMNS},
     )
 
 
@@ -63,7 +64,7 @@ async def insert_agent(engine: AsyncEngine, row: dict[str, Any]) -> dict[str, An
                 await _write_limits(connection, stored["id"], execution_limits)
     except IntegrityError as exc:
         raise _duplicate_name(row["name"]) from exc
-    return {**stored, **dict.fromkeys(LIMIT_FIELDS), **execution_limits}
+    return {**stored, **dict.fromkeys(LIMIT_COLUMNS), **execution_limits}
 
 
 async def get_agent(engine: AsyncEngine, *, organization_id: str, agent_id: str) -> dict[str, Any] | None:

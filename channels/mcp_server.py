@@ -32,6 +32,7 @@ from external_agents.channels.invocation_responses import invocation_answer
 from external_agents.errors import ExternalAgentsError
 from external_agents.field_sets import tool_parameters, with_parameters
 from external_agents.gateway.operations import LocalGateway
+from external_agents.lineage_filters import GraphSelectors, LineageFilterParams
 from external_agents.nodes.lineage import DEFAULT_DEPTH, MAX_DEPTH, MAX_PAGE, MAX_PAGE_SIZE
 from external_agents.nodes.platforms import ADAPTERS
 from external_agents.nodes.platforms.auth import AUTH_TYPES
@@ -214,31 +215,11 @@ class GatewayTools:
             ),
         )
 
-    async def list_lineage(
-        self,
-        ctx: Context,
-        external_user_email: Annotated[str | None, Field(description="Only this end user's invocations.")] = None,
-        external_agent_id: Annotated[str | None, Field(description="Only this agent's invocations.")] = None,
-        status: Status = None,
-        external_system: Annotated[str | None, Field(description="Only calls from this external system.")] = None,
-        session_id: Annotated[str | None, Field(description="Only this external session.")] = None,
-        start_date: Date = None,
-        end_date: Date = None,
-        page: Page = 1,
-        limit: Limit = 20,
-    ) -> JsonObject:
+    @with_parameters(tool_parameters(LineageFilterParams))
+    async def list_lineage(self, ctx: Context, page: Page = 1, limit: Limit = 20, **filters: str | None) -> JsonObject:
         """Search the organisation's invocation lineage (who invoked which agent, from which system and session,
         with what outcome and cost), newest first. Returns {items, total, page, limit, has_more}.
         Needs read:lineage."""
-        filters = {
-            "external_user_email": external_user_email,
-            "external_agent_id": external_agent_id,
-            "status": status,
-            "external_system": external_system,
-            "session_id": session_id,
-            "start_date": start_date,
-            "end_date": end_date,
-        }
         return await self._call(ctx, lambda gw: gw.list_lineage(filters=filters, page=page, limit=limit))
 
     async def get_invocation(
@@ -248,26 +229,18 @@ class GatewayTools:
         cost, duration and delivery. Needs read:lineage."""
         return await self._call(ctx, lambda gw: gw.get_invocation(invocation_id))
 
+    @with_parameters(tool_parameters(GraphSelectors))
     async def lineage_graph(
         self,
         ctx: Context,
-        session_id: Annotated[str | None, Field(description="All invocations of this external session.")] = None,
-        trace_id: Annotated[str | None, Field(description="The invocation with this trace_id.")] = None,
-        invocation_id: Annotated[str | None, Field(description="The invocation with this id.")] = None,
-        workflow_id: Annotated[str | None, Field(description="All invocations made by this workflow.")] = None,
         depth: Annotated[int, Field(ge=0, le=MAX_DEPTH, description="Hops to follow from the selection.")] = (
             DEFAULT_DEPTH
         ),
+        **selectors: str | None,
     ) -> JsonObject:
         """The graph of invocations around a session, trace, invocation or workflow (give one): nodes, edges from
         parent to child invocation, and metadata {total_nodes, external_nodes, total_cost_usd}.
         Needs read:lineage."""
-        selectors = {
-            "session_id": session_id,
-            "trace_id": trace_id,
-            "invocation_id": invocation_id,
-            "workflow_id": workflow_id,
-        }
         return await self._call(ctx, lambda gw: gw.lineage_graph(selectors=selectors, depth=depth))
 
     async def user_lineage(

@@ -20,6 +20,7 @@ from kailash.workflow import Workflow
 
 from external_agents.errors import ExternalAgentsError, ForbiddenError, NotFoundError, ValidationError
 from external_agents.gateway.metrics import run_and_record
+from external_agents.lineage_filters import FILTER_NAMES, GRAPH_SELECTORS
 from external_agents.nodes.lineage import export_chunks
 from external_agents.stores.api_keys import Caller
 from external_agents.workflows.lineage import (
@@ -36,17 +37,6 @@ if TYPE_CHECKING:
     from external_agents.app_state import AppState
 
 logger = logging.getLogger(__name__)
-
-LINEAGE_FILTERS = (
-    "external_user_email",
-    "external_agent_id",
-    "status",
-    "external_system",
-    "session_id",
-    "start_date",
-    "end_date",
-)
-GRAPH_SELECTORS = ("session_id", "trace_id", "invocation_id", "workflow_id")
 
 
 async def run_invocation(
@@ -209,7 +199,7 @@ class LocalGateway:
         caller = self._caller("read:lineage")
         inputs = {
             "caller": caller,
-            "filters": {k: filters.get(k) for k in LINEAGE_FILTERS},
+            "filters": {k: filters.get(k) for k in FILTER_NAMES},
             "page": page,
             "limit": limit,
         }
@@ -231,7 +221,7 @@ class LocalGateway:
     async def export_lineage(self, *, filters: dict[str, str | None], export_format: str) -> LineageExport:
         """The caller's lineage matching `filters` as json, csv or openlineage; read while `chunks` is consumed."""
         caller = self._caller("read:lineage")
-        inputs = {"caller": caller, "format": export_format, "filters": {k: filters.get(k) for k in LINEAGE_FILTERS}}
+        inputs = {"caller": caller, "format": export_format, "filters": {k: filters.get(k) for k in FILTER_NAMES}}
         results = await self._run(self.state.lineage.export, {EXPORT_NODE: inputs})
         export = results[EXPORT_NODE]["export"]
         return LineageExport(

@@ -22,22 +22,14 @@ from kailash.nodes.base import register_node
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from external_agents.errors import NotFoundError, ValidationError
+from external_agents.lineage_filters import FILTER_COLUMNS, FILTER_NAMES, GRAPH_SELECTORS
 from external_agents.money import to_micros, to_usd
 from external_agents.nodes.base import ExternalAgentNode, dependency, value
 from external_agents.request_models import reject_unstorable
 from external_agents.stores import lineage as lineage_store
-from external_agents.stores.lineage import GRAPH_SELECTORS, LineageFilters, Selector
+from external_agents.stores.lineage import LineageFilters
 
 STATUSES = ("pending", "success", "failure", "timeout", "denied")
-FILTER_NAMES = (
-    "external_user_email",
-    "external_agent_id",
-    "status",
-    "external_system",
-    "session_id",
-    "start_date",
-    "end_date",
-)
 MAX_PAGE = 1_000_000
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
@@ -116,11 +108,7 @@ def parse_filters(raw: dict[str, Any], *, organization_id: str) -> LineageFilter
         raise ValidationError("start_date: must be before end_date")
     return LineageFilters(
         organization_id=organization_id,
-        external_user_email=texts["external_user_email"],
-        external_agent_id=texts["external_agent_id"],
-        status=texts["status"],
-        external_system=texts["external_system"],
-        session_id=texts["session_id"],
+        matches={column: texts[name] for name, column in FILTER_COLUMNS.items() if texts[name] is not None},
         start_date=start,
         end_date=end,
     )
@@ -145,7 +133,7 @@ def parse_page(page: Any, limit: Any) -> tuple[int, int]:
     )
 
 
-def parse_graph_selection(selectors: dict[str, Any], depth: Any) -> tuple[Selector, str, int]:
+def parse_graph_selection(selectors: dict[str, Any], depth: Any) -> tuple[str, str, int]:
     """Exactly one of session_id, trace_id, invocation_id, workflow_id, and a depth from 0 to MAX_DEPTH."""
     unknown = sorted(set(selectors) - set(GRAPH_SELECTORS))
     if unknown:
@@ -174,6 +162,10 @@ def parse_email(raw: Any) -> str:
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
+
+
+def _from_iso(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text is not None else None
 
 
 def present_invocation(row: dict[str, Any]) -> dict[str, Any]:
@@ -449,11 +441,13 @@ async def _openlineage_chunks(batches: AsyncIterator[list[Any]]) -> AsyncIterato
 
 def filters_from_export(export: dict[str, Any]) -> LineageFilters:
     """The filters a prepared export carries (JSON between nodes), as the store takes them."""
-    values = dict(export["filters"])
-    for name in ("start_date", "end_date"):
-        if values[name] is not None:
-            values[name] = datetime.fromisoformat(values[name])
-    return LineageFilters(**values)
+    values = export["filters"]
+    return LineageFilters(
+        organization_id=values["organization_id"],
+        matches=values["matches"],
+        start_date=_from_iso(values["start_date"]),
+        end_date=_from_iso(values["end_date"]),
+    )
 
 
 async def export_chunks(
@@ -478,11 +472,7 @@ def prepare_export(*, caller: dict[str, Any], export_format: Any, filters: dict[
         "filename": f"lineage-{stamp}.{extension}",
         "filters": {
             "organization_id": parsed.organization_id,
-            "external_user_email": parsed.external_user_email,
-            "external_agent_id": parsed.external_agent_id,
-            "status": parsed.status,
-            "external_system": parsed.external_system,
-            "session_id": parsed.session_id,
+            "matches": dict(parsed.matches),
             "start_date": _iso(parsed.start_date),
             "end_date": _iso(parsed.end_date),
         },

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -21,14 +21,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from external_agents.lineage_filters import SELECTOR_COLUMNS
 from external_agents.models import TABLES
 from external_agents.stores.audit import audit_log, audit_row, insert_audit_rows
 from external_agents.stores.database import autocommit
 
 lineage = TABLES["invocation_lineage"]
 
-Selector = Literal["session_id", "trace_id", "invocation_id", "workflow_id"]
-GRAPH_SELECTORS: tuple[Selector, ...] = ("session_id", "trace_id", "invocation_id", "workflow_id")
+# The columns an organisation's rows rarely share a value of (see `_in_organization`).
+SELECTIVE_COLUMNS = frozenset({"external_agent_id", "external_user_email", "external_session_id"})
 
 REDACTED = "[REDACTED]"
 # The columns that identify or describe the external user; an erasure overwrites exactly these.
@@ -63,14 +64,11 @@ PATH_TYPE = postgresql.ARRAY(sa.Text)
 
 @dataclass(frozen=True, kw_only=True)
 class LineageFilters:
-    """Which invocations of one organisation a list or an export covers; None means "any"."""
+    """Which invocations of one organisation a list or an export covers: those whose columns equal `matches`
+    (by column name, from lineage_filters.FILTER_COLUMNS) in a time range; None means "any"."""
 
     organization_id: str
-    external_user_email: str | None = None
-    external_agent_id: str | None = None
-    status: str | None = None
-    external_system: str | None = None
-    session_id: str | None = None
+    matches: Mapping[str, str] = field(default_factory=dict)
     # Half-open: start_date <= request_timestamp < end_date.
     start_date: datetime | None = None
     end_date: datetime | None = None
@@ -89,17 +87,9 @@ def _in_organization(column: sa.ColumnElement[str], organization_id: str, *, sel
 
 def _conditions(filters: LineageFilters) -> list[sa.ColumnElement[bool]]:
     c = lineage.c
-    selective = any(v is not None for v in (filters.external_agent_id, filters.external_user_email, filters.session_id))
+    selective = not SELECTIVE_COLUMNS.isdisjoint(filters.matches)
     conditions = [_in_organization(c.organization_id, filters.organization_id, selective=selective)]
-    for column, wanted in (
-        (c.external_user_email, filters.external_user_email),
-        (c.external_agent_id, filters.external_agent_id),
-        (c.status, filters.status),
-        (c.external_system, filters.external_system),
-        (c.external_session_id, filters.session_id),
-    ):
-        if wanted is not None:
-            conditions.append(column == wanted)
+    conditions.extend(c[column] == wanted for column, wanted in filters.matches.items())
     if filters.start_date is not None:
         conditions.append(c.request_timestamp >= filters.start_date)
     if filters.end_date is not None:
@@ -146,14 +136,9 @@ async def get_lineage(engine: AsyncEngine, *, organization_id: str, invocation_i
 SeedCondition = Callable[[sa.FromClause], sa.ColumnElement[bool]]
 
 
-def _seed_condition(selector: Selector, value: str) -> SeedCondition:
+def _seed_condition(selector: str, value: str) -> SeedCondition:
     """The selection, written against whichever alias of the table a query needs it on."""
-    column = {
-        "session_id": "external_session_id",
-        "workflow_id": "workflow_id",
-        "trace_id": "trace_id",
-        "invocation_id": "id",
-    }[selector]
+    column = SELECTOR_COLUMNS[selector]
     return lambda table: table.c[column] == value
 
 
@@ -202,7 +187,7 @@ def _walk(
 def graph_statement(
     *,
     organization_id: str,
-    selector: Selector,
+    selector: str,
     value: str,
     depth: int,
     max_nodes: int,
@@ -254,7 +239,7 @@ async def lineage_graph(
     engine: AsyncEngine,
     *,
     organization_id: str,
-    selector: Selector,
+    selector: str,
     value: str,
     depth: int,
     max_nodes: int,

@@ -37,7 +37,8 @@ from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.engine import make_url
 
 from external_agents.models import TABLES
-from external_agents.stores.lineage import LineageFilters, count_statement, graph_statement, page_statement
+from external_agents.nodes.lineage import parse_filters
+from external_agents.stores.lineage import count_statement, graph_statement, page_statement
 
 pytestmark = pytest.mark.postgres
 
@@ -355,14 +356,7 @@ async def test_filtered_page_latency(bench: Bench, report: Report) -> None:
     report(f"Lineage page latency (ms), limit 20, true total, {organization} (100,000 of 1,000,000 rows)")
     report(f"  {'filter':<20}{'total':>8}  {'asyncpg page+count':>20}  {'HTTP route':>18}  target")
     for name, params in cases.items():
-        filters = LineageFilters(
-            organization_id=organization,
-            external_agent_id=params.get("external_agent_id"),
-            status=params.get("status"),
-            external_user_email=params.get("external_user_email"),
-            start_date=datetime.fromisoformat(params["start_date"]) if "start_date" in params else None,
-            end_date=datetime.fromisoformat(params["end_date"]) if "end_date" in params else None,
-        )
+        filters = parse_filters(params, organization_id=organization)
         page_sql, page_values = _asyncpg_sql(page_statement(filters, page=1, limit=20))
         count_sql, count_values = _asyncpg_sql(count_statement(filters))
 

@@ -138,8 +138,8 @@ def tool_parameters(
 def with_parameters(parameters: Iterable[inspect.Parameter]) -> Callable[[F], F]:
     """Give a function taking `**fields` these keyword-only parameters in its signature instead.
 
-    The function itself is unchanged: the MCP SDK and typer read the signature and call it with keyword arguments,
-    which land in `**fields`.
+    Only the function's `__signature__` is set (so decorate each function once): the MCP SDK and typer read the
+    signature and call the function with keyword arguments, which land in `**fields`.
     """
     extra = list(parameters)
 

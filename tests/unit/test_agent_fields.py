@@ -18,6 +18,7 @@ from external_agents.agent_fields import (
 )
 from external_agents.errors import ValidationError
 from external_agents.models import TABLES
+from external_agents.nodes.agents import AgentDefaults
 from external_agents.request_models import parse
 from external_agents.stores.agents import LIMIT_COLUMNS
 
@@ -49,8 +50,12 @@ def test_every_agents_column_is_a_registration_field_or_set_by_the_server() -> N
     assert {c.name for c in AGENTS.c} - SERVER_SET == set(AgentCreate.model_fields) - set(LIMIT_COLUMNS)
 
 
-def test_a_patch_may_clear_the_description_and_the_execution_limits_only() -> None:
-    assert set(CLEARABLE_FIELDS) == {"description", "daily_execution_limit", "monthly_execution_limit"}
+def test_a_patch_may_clear_the_description_and_limits_without_a_default_only() -> None:
+    defaulted = AgentDefaults(
+        monthly_budget=1, daily_budget=1, cost_per_execution=1, per_minute=1, per_hour=1, per_day=1
+    ).by_limit()
+    assert {"description", "daily_execution_limit", "monthly_execution_limit"} <= set(CLEARABLE_FIELDS)
+    assert set(CLEARABLE_FIELDS).isdisjoint(defaulted) and set(defaulted) <= set(LIMIT_FIELDS)
     assert set(CLEARABLE_FIELDS) <= set(AgentUpdate.model_fields)
 
 
@@ -80,9 +85,9 @@ def test_the_api_refuses_bad_limits_naming_the_field(body: dict[str, object], me
     assert refused.value.detail.startswith(message)
 
 
-def test_the_command_line_options_are_todays_flags_with_the_models_bounds() -> None:
+def test_the_command_line_options_keep_todays_flags_with_the_models_bounds() -> None:
     options = {option.name: option for option in agent_limit_options()}
-    assert [option.flag for option in options.values()] == [
+    assert [option.flag for option in options.values()][:8] == [
         "--max-monthly-cost",
         "--max-daily-cost",
         "--cost-per-execution",

@@ -149,6 +149,8 @@ def with_parameters(parameters: Iterable[inspect.Parameter]) -> Callable[[F], F]
         if len(kept) == len(signature.parameters):
             raise TypeError(f"{function.__name__} must take **fields to receive the derived parameters")
         function.__signature__ = signature.replace(parameters=[*kept, *extra])  # type: ignore[attr-defined]
+        # Decorators that read type hints (typer, the CLI's gateway_command) find the derived parameters too.
+        function.__annotations__ = {**function.__annotations__, **{p.name: p.annotation for p in extra}}
         return function
 
     return decorate

@@ -11,6 +11,7 @@ from mcp.server.mcpserver.tools.base import Tool
 from pydantic import BaseModel, Field, ValidationError
 from typer.testing import CliRunner
 
+from external_agents.channels.cli.options import GatewayOptions, gateway_command
 from external_agents.field_sets import CliFlag, cli_options, tool_parameters, typer_parameters, with_parameters
 
 
@@ -53,6 +54,21 @@ def test_a_typer_command_gets_the_options_and_receives_their_values() -> None:
     assert left_out.output.strip() == "ada [('cost', None), ('per_day', None)]"
     help_text = runner.invoke(_command_app(), ["--help"]).output
     assert "--daily" in help_text and "At most ten." in help_text
+
+
+def test_the_options_compose_with_the_command_lines_gateway_options() -> None:
+    app = typer.Typer()
+
+    @app.command()
+    @gateway_command
+    @with_parameters(typer_parameters(cli_options(Example, names=["per_day"])))
+    def show(name: str, *, gateway: GatewayOptions, **fields: Any) -> None:
+        """Echo what typer passed."""
+        typer.echo(f"{name} {fields} {gateway.as_json} {gateway.org}")
+
+    given = CliRunner().invoke(app, ["ada", "--daily", "3", "--org", "acme", "--json"])
+    assert given.exit_code == 0, given.output
+    assert given.output.strip() == "ada {'per_day': 3} True acme"
 
 
 def test_a_typer_command_refuses_a_value_outside_the_fields_bounds() -> None:

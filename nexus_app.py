@@ -6,17 +6,22 @@
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
+import re
 import sys
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from external_agents.app_state import build_state
+from external_agents.app_state import AppState, build_state
 from external_agents.settings import Settings, SettingsError, load_settings
 
 logger = logging.getLogger("external_agents")
@@ -150,21 +155,211 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, status_code: int, 
     await send_refusal(scope, receive, send, response)
 
 
-def build_app(settings: Settings, *, workflows: dict[str, Any] | None = None) -> Any:
-    """The Nexus app with the REST routes, auth and error handling installed; resources open with its lifespan.
+class InstallError(RuntimeError):
+    """The host app cannot take the feature as it stands: already installed, already serving, or a path is taken."""
 
-    `workflows`: the host application's existing workflows, served by /api/workflows/{id}/execute.
+
+# Nexus serves these itself; ours replace them (ours needs a key with read:metrics, Nexus's needs nothing).
+NEXUS_BUILT_IN_MODULES = ("kailash.", "nexus.")
+# Served only when the host has none of its own: a host's health and version answer for the whole app.
+OPTIONAL_PATHS = frozenset({"/api/health", "/api/version"})
+
+
+class OwnRoutesMiddleware:
+    """Sends requests for the feature's routes through `guard` (size limits, then bearer auth); every other
+    request goes straight on, so a host's own routes keep exactly the auth and limits the host gave them.
+
+    `owns` decides by path; the standalone server owns every path, so it protects Nexus's routes and /ws too.
     """
-    from nexus import Nexus
 
+    def __init__(self, app: ASGIApp, *, owns: Callable[[str], bool], guard: Callable[[ASGIApp], ASGIApp]) -> None:
+        self.app = app
+        self.owns = owns
+        self.guarded = guard(app)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and self.owns(scope["path"]):
+            await self.guarded(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def install(
+    app: Any,
+    settings: Settings,
+    *,
+    workflows: Mapping[str, Any] | None = None,
+    protect_all_routes: bool = False,
+) -> AppState:
+    """Add External Agents to a host's Nexus app, before it starts serving; returns the feature's state.
+
+    Mounts the REST routes (/api/external-agents..., /api/policies, /api/lineage, /api/workflows, and
+    /api/health and /api/version unless the host has its own), MCP at /mcp and our /metrics (in place of
+    Nexus's unauthenticated one). Bearer API keys, size limits and our error bodies apply to those routes only,
+    unless `protect_all_routes` (the standalone server's choice) puts every route, Nexus's included, behind the
+    key. Our clients open and close with the app's lifespan, inside the host's own lifespan.
+
+    `workflows`: the host's workflows that /api/workflows/{id}/execute (and MCP's execute_workflow) run with
+    their external-agent invocations governed; none when omitted. Nexus's own /workflows/{name}/execute
+    routes are left exactly as they are.
+    Raises InstallError when installed twice, when the app already serves, or when a host route takes one of
+    our paths (nothing is changed then).
+    """
     from external_agents.channels.auth import BearerAuthMiddleware
     from external_agents.channels.error_responses import install_error_handlers
     from external_agents.channels.lineage_api import router as lineage_router
-    from external_agents.channels.mcp_server import mount_mcp, running
+    from external_agents.channels.mcp_server import MCP_PATH, mount_mcp, running
     from external_agents.channels.metrics import router as metrics_router
     from external_agents.channels.policies_api import router as policies_router
-    from external_agents.channels.rest_api import router
+    from external_agents.channels.rest_api import router as rest_router
     from external_agents.channels.workflows_api import router as workflows_router
+
+    fastapi_app = app.fastapi_app
+    if getattr(fastapi_app.state, "external_agents", None) is not None:
+        raise InstallError("External Agents is already installed on this app; call install() once")
+    if fastapi_app.middleware_stack is not None:
+        raise InstallError("The app is already serving; call install() before it starts")
+    host_routes = _served_routes(fastapi_app.router.routes)
+    taken = {_template(path) for path, _route in host_routes}
+    our_routes = [
+        route
+        for router in (rest_router, lineage_router, policies_router, workflows_router, metrics_router)
+        for route in router.routes
+        if not (route.path in OPTIONAL_PATHS and route.path in taken)
+    ]
+    conflicts = _conflicts(host_routes, [*(route.path for route in our_routes), MCP_PATH])
+    if conflicts:
+        raise InstallError(
+            f"Cannot install External Agents: the app already serves {', '.join(conflicts)}; "
+            "remove or move those routes first"
+        )
+
+    state = build_state(settings, host_workflows=dict(workflows or {}))
+    routes = fastapi_app.router.routes
+    routes[:] = [route for route in routes if not _nexus_metrics(route)]
+    before = {id(route) for route in routes}
+    routes.extend(our_routes)
+    mcp_sessions = mount_mcp(fastapi_app, state)
+    owns = _everything if protect_all_routes else _any_of([route for route in routes if id(route) not in before])
+
+    previous_handlers = dict(fastapi_app.exception_handlers)
+    install_error_handlers(fastapi_app)
+    if not protect_all_routes:
+        _scope_error_handlers(fastapi_app, previous=previous_handlers, owns=owns)
+
+    def guard(inner: ASGIApp) -> ASGIApp:
+        # Size limits outermost, so an oversized request costs no key lookup and no route.
+        return RequestLimitsMiddleware(
+            BearerAuthMiddleware(inner, engine_of=lambda: state.engine),
+            max_body_bytes=settings.kaizen_max_body_bytes,
+            max_header_bytes=settings.kaizen_max_header_bytes,
+        )
+
+    fastapi_app.add_middleware(OwnRoutesMiddleware, owns=owns, guard=guard)
+
+    host_lifespan = fastapi_app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(asgi_app: Any) -> AsyncIterator[Any]:
+        async with host_lifespan(asgi_app) as host_state:
+            await state.start()
+            try:
+                async with running(mcp_sessions):
+                    yield host_state
+            finally:
+                await state.aclose()
+
+    fastapi_app.router.lifespan_context = lifespan
+    fastapi_app.state.external_agents = state
+    app.external_agents = state
+    return state
+
+
+def _served_routes(routes: list[Any]) -> list[tuple[str, Any]]:
+    """(path, route) of every route the app serves, with the routers it included flattened (FastAPI from 0.16x
+    keeps an included router as one lazy entry)."""
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:
+        return [(route.path, route) for route in routes if getattr(route, "path", None) is not None]
+    return [(ctx.path, ctx.original_route) for ctx in iter_route_contexts(routes) if ctx.path is not None]
+
+
+def _template(path: str) -> str:
+    """The path with its parameter names blanked: /a/{id} and /a/{agent_id} are the same route."""
+    return re.sub(r"\{[^}]*\}", "{}", path)
+
+
+def _conflicts(host_routes: list[tuple[str, Any]], our_paths: list[str]) -> list[str]:
+    """The host's routes that would answer one of our paths: the same path, or a mount at or above it."""
+    ours = {_template(path) for path in our_paths}
+    found = set()
+    for path, route in host_routes:
+        if _nexus_metrics(route):
+            continue
+        if isinstance(route, Mount):
+            prefix = path.rstrip("/")
+            if any(p == prefix or p.startswith(prefix + "/") for p in ours):
+                found.add(f"a mount at {path or '/'}")
+        elif _template(path) in ours:
+            found.add(path)
+    return sorted(found)
+
+
+def _nexus_metrics(route: Any) -> bool:
+    module = getattr(getattr(route, "endpoint", None), "__module__", "") or ""
+    return getattr(route, "path", None) == "/metrics" and module.startswith(NEXUS_BUILT_IN_MODULES)
+
+
+def _everything(_path: str) -> bool:
+    return True
+
+
+def _any_of(routes: list[Any]) -> Callable[[str], bool]:
+    patterns = [route.path_regex for route in routes]
+
+    def owns(path: str) -> bool:
+        return any(pattern.match(path) for pattern in patterns)
+
+    return owns
+
+
+def _scope_error_handlers(fastapi_app: Any, *, previous: dict[Any, Any], owns: Callable[[str], bool]) -> None:
+    """Our error bodies for our routes; for the host's, whatever answered before (FastAPI's defaults included).
+
+    Where the host had no handler, the error goes on as it did: re-raised, or for the catch-all the plain 500
+    Starlette sends itself.
+    """
+    for key, ours in list(fastapi_app.exception_handlers.items()):
+        if previous.get(key) is ours:
+            continue
+        fastapi_app.exception_handlers[key] = _scoped(ours, previous.get(key), owns=owns, catch_all=key is Exception)
+
+
+def _scoped(ours: Any, theirs: Any, *, owns: Callable[[str], bool], catch_all: bool) -> Any:
+    async def handle(request: Request, exc: Exception) -> Response:
+        if owns(request.scope["path"]):
+            return await ours(request, exc)
+        if theirs is not None:
+            result = theirs(request, exc)
+            return await result if inspect.isawaitable(result) else result
+        if catch_all:
+            return PlainTextResponse("Internal Server Error", status_code=500)
+        raise exc
+
+    return handle
+
+
+def build_app(settings: Settings, *, workflows: dict[str, Any] | None = None) -> Any:
+    """The standalone server: a Nexus app of its own with the feature installed, every route behind the key.
+
+    `workflows`: the application's workflows, served by /api/workflows/{id}/execute; the two example
+    workflows (`greeting`, `notify_agent`) when omitted, as the command line's local gateway serves.
+    """
+    from nexus import Nexus
+
+    from external_agents.channels.invocations import MeteredRunner
+    from external_agents.workflows.examples import build_example_workflows
 
     configure_logging()
     app = Nexus(
@@ -178,44 +373,27 @@ def build_app(settings: Settings, *, workflows: dict[str, Any] | None = None) ->
         max_request_header_bytes=settings.kaizen_max_header_bytes,
     )
     configure_logging()
-    state = build_state(settings, host_workflows=workflows)
-    fastapi_app = app.fastapi_app
-    fastapi_app.state.external_agents = state
-    fastapi_app.include_router(router)
-    fastapi_app.include_router(lineage_router)
-    fastapi_app.include_router(policies_router)
-    fastapi_app.include_router(workflows_router)
-    # Nexus serves its own unauthenticated /metrics; ours (per-app registry, read:metrics) must answer instead.
-    fastapi_app.router.routes[:] = [r for r in fastapi_app.router.routes if getattr(r, "path", None) != "/metrics"]
-    fastapi_app.include_router(metrics_router)
-    mcp_sessions = mount_mcp(fastapi_app, state)
-    install_error_handlers(fastapi_app)
-    fastapi_app.add_middleware(BearerAuthMiddleware, engine_of=lambda: state.engine)
-    # Added last, so it is the outermost layer: sizes are checked before authentication does any work.
-    fastapi_app.add_middleware(
-        RequestLimitsMiddleware,
-        max_body_bytes=settings.kaizen_max_body_bytes,
-        max_header_bytes=settings.kaizen_max_header_bytes,
-    )
+    # Today's standalone contract (tests/integration/test_security_matrix.py): nothing, Nexus's own routes and
+    # /ws included, answers without a key except /api/health and /api/version.
+    state = install(app, settings, workflows=workflows, protect_all_routes=True)
+    if workflows is None:
+        # Invocations started inside these workflows are counted in the metrics like the channels' own.
+        metered = MeteredRunner(state.runner, invoke_workflow=state.invoke, metrics=state.metrics)
+        state.host_workflows = build_example_workflows(runner=metered, invoke_workflow=state.invoke)
 
-    nexus_lifespan = fastapi_app.router.lifespan_context
+    fastapi_app = app.fastapi_app
+    feature_lifespan = fastapi_app.router.lifespan_context
 
     @asynccontextmanager
     async def lifespan(asgi_app: Any) -> AsyncIterator[Any]:
-        async with nexus_lifespan(asgi_app) as nexus_state:
-            await state.start()
+        async with feature_lifespan(asgi_app) as app_state:
             # Everything loaded so far (~240k objects of kailash, nexus, dataflow) lives as long as the process;
             # frozen, the collector stops re-scanning it, which was the main source of p95 latency spikes.
             gc.collect()
             gc.freeze()
-            try:
-                async with running(mcp_sessions):
-                    yield nexus_state
-            finally:
-                await state.aclose()
+            yield app_state
 
     fastapi_app.router.lifespan_context = lifespan
-    app.external_agents = state
     return app
 
 

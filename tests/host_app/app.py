@@ -6,7 +6,7 @@ its wheel, with this folder first on sys.path (so `nodes`, `errors` and `models`
     python app.py PORT                           the host as it was before the feature
     python app.py PORT --with-external-agents    the same host with the feature added by one call
 
-The lines between the README markers are the README's "Embedding in an existing Kailash app" example.
+The README's "Embedding in an existing Kailash app" example is made of this file's lines (a test checks it).
 """
 
 from __future__ import annotations
@@ -32,17 +32,15 @@ def build_greeting_workflow() -> Workflow:
 
 
 def main(port: int, *, with_external_agents: bool) -> None:
-    app = Nexus(auto_discovery=False, enable_durability=False)
+    app = Nexus(auto_discovery=False, enable_durability=False)  # your app, as it is
     greeting = build_greeting_workflow()
-    app.register("greeting", greeting)
+    app.register("greeting", greeting)  # still served at /workflows/greeting/execute, unchanged
     if with_external_agents:
-        # README: embedding starts
         import external_agents
         from external_agents.settings import load_settings
 
         external_agents.install(app, load_settings(), workflows={"greeting": greeting})
-        # README: embedding ends
-    uvicorn.run(app.fastapi_app, host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.run(app.fastapi_app, host="127.0.0.1", port=port)
 
 
 if __name__ == "__main__":

@@ -268,6 +268,16 @@ def _run(
     return done
 
 
+def test_the_readme_embedding_example_is_the_host_apps_code() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Embedding in an existing Kailash app") :]
+    example = section[section.index("```python\n") + len("```python\n") : section.index("```\n", 10)]
+    host_lines = {line.strip() for line in (HOST_APP / "app.py").read_text().splitlines()}
+    example_lines = [line.strip() for line in example.splitlines() if line.strip()]
+    assert len(example_lines) <= 10
+    assert [line for line in example_lines if line not in host_lines] == []
+
+
 # What install() refuses, in-process (no server, no virtualenv).
 
 

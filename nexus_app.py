@@ -205,6 +205,8 @@ def install(
     Raises InstallError when installed twice, when the app already serves, or when a host route takes one of
     our paths (nothing is changed then).
     """
+    from fastapi import APIRouter
+
     from external_agents.channels.auth import BearerAuthMiddleware
     from external_agents.channels.error_responses import install_error_handlers
     from external_agents.channels.lineage_api import router as lineage_router
@@ -237,10 +239,13 @@ def install(
     state = build_state(settings, host_workflows=dict(workflows or {}))
     routes = fastapi_app.router.routes
     routes[:] = [route for route in routes if not _nexus_metrics(route)]
+    feature = APIRouter()
+    feature.routes.extend(our_routes)
+    fastapi_app.include_router(feature)
     before = {id(route) for route in routes}
-    routes.extend(our_routes)
     mcp_sessions = mount_mcp(fastapi_app, state)
-    owns = _everything if protect_all_routes else _any_of([route for route in routes if id(route) not in before])
+    mcp_routes = [route for route in routes if id(route) not in before]
+    owns = _everything if protect_all_routes else _any_of([*our_routes, *mcp_routes])
 
     previous_handlers = dict(fastapi_app.exception_handlers)
     install_error_handlers(fastapi_app)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -25,8 +24,11 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
-from tests.conftest import TEST_FERNET_KEY, make_settings
+from tests.conftest import TEST_FERNET_KEY, make_settings, reset_postgres_database
+from tests.faults.support import drop_database
+from tests.host_app.existing_database import sync_url
 from tests.platform_server import PlatformServer
 from tests.process_servers import free_port
 
@@ -103,14 +105,25 @@ def test_the_wheel_installs_external_agents_alone(fresh_install: FreshInstall, t
     assert refused.returncode == 1 and "No module named 'settings'" in refused.stderr
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def host_database(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> Iterator[str]:
+    """An empty database for the host: a SQLite file, or a PostgreSQL database named after this run's own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/host.db"
+        return
+    url = f"{postgres_url}_embedding"
+    reset_postgres_database(url)
+    yield url
+    drop_database(url)
+
+
 def test_a_host_app_embeds_the_feature_and_its_workflow_answers_as_before(
-    fresh_install: FreshInstall, platform_server: PlatformServer, tmp_path: Path
+    fresh_install: FreshInstall, platform_server: PlatformServer, host_database: str, tmp_path: Path
 ) -> None:
-    database = tmp_path / "host.db"
-    _run([str(fresh_install.python), str(HOST_APP / "existing_database.py"), str(database)])
-    env = _host_env(database_url=f"sqlite:///{database}", data_dir=tmp_path)
+    _run([str(fresh_install.python), str(HOST_APP / "existing_database.py"), host_database])
+    env = _host_env(database_url=host_database, data_dir=tmp_path)
     billing = "SELECT id, organization_id, usage_type, quantity, cost_usd, created_at FROM billing_usage ORDER BY id"
-    billing_before = _rows(database, billing)
+    billing_before = _rows(host_database, billing)
 
     with _host(fresh_install, env, log=tmp_path / "before.log", with_external_agents=False) as host:
         before = _host_requests(host)
@@ -119,7 +132,7 @@ def test_a_host_app_embeds_the_feature_and_its_workflow_answers_as_before(
     migrated = _run([str(fresh_install.cli), "migrate"], env=env).stdout
     assert "✅ Extending table: billing_usage (adding external_agent_id column)" in migrated
     assert "✅ Migration completed successfully" in migrated
-    assert _rows(database, billing) == billing_before
+    assert _rows(host_database, billing) == billing_before
     key_lines = _run([str(fresh_install.cli), "keys", "create", "--org", "host-org", "--name", "smoke"], env=env)
     api_key = key_lines.stdout.strip().splitlines()[-1]
     auth = {"Authorization": f"Bearer {api_key}"}
@@ -166,7 +179,7 @@ def test_a_host_app_embeds_the_feature_and_its_workflow_answers_as_before(
         assert invoked.status_code == 200, invoked.text
         assert [r.method for r in platform_server.requests("/embedded-agent")] == ["POST"]
         [lineage] = _rows(
-            database,
+            host_database,
             "SELECT id, external_agent_id FROM invocation_lineage WHERE external_user_email = 'test@example.com'",
         )
         assert lineage == (invoked.json()["invocation_id"], agent["id"])
@@ -186,7 +199,7 @@ def test_a_host_app_embeds_the_feature_and_its_workflow_answers_as_before(
             json={"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},
         )
         assert tools.status_code == 200 and "invoke_agent" in {t["name"] for t in tools.json()["result"]["tools"]}
-    assert len(_rows(database, "SELECT id FROM billing_usage")) == len(billing_before) + 1
+    assert len(_rows(host_database, "SELECT id FROM billing_usage")) == len(billing_before) + 1
 
 
 def _host_requests(host: httpx.Client) -> dict[str, Any]:
@@ -253,11 +266,13 @@ def _wait_until_up(client: httpx.Client, process: subprocess.Popen, log: Path) -
     raise RuntimeError(f"the host app did not start:\n{log.read_text()}")
 
 
-def _rows(database: Path, query: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(database) as connection:
-        rows = connection.execute(query).fetchall()
-    connection.close()
-    return rows
+def _rows(database_url: str, query: str) -> list[tuple[Any, ...]]:
+    engine = sa.create_engine(sync_url(database_url))
+    try:
+        with engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(sa.text(query))]
+    finally:
+        engine.dispose()
 
 
 def _run(

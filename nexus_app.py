@@ -14,7 +14,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -23,6 +23,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from external_agents.app_state import AppState, build_state
 from external_agents.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from kailash.workflow import Workflow
+    from nexus import Nexus
 
 logger = logging.getLogger("external_agents")
 
@@ -185,10 +189,10 @@ class OwnRoutesMiddleware:
 
 
 def install(
-    app: Any,
+    app: Nexus,
     settings: Settings,
     *,
-    workflows: Mapping[str, Any] | None = None,
+    workflows: Mapping[str, Workflow] | None = None,
     protect_all_routes: bool = False,
 ) -> AppState:
     """Add External Agents to a host's Nexus app, before it starts serving; returns the feature's state.

@@ -16,8 +16,8 @@ import sys
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -346,6 +346,41 @@ def test_a_host_health_route_is_kept_and_ours_is_not_mounted(tmp_path: Path) -> 
     with TestClient(app.fastapi_app) as client:
         assert client.get("/api/health").json() == {"host": "ok"}
         assert client.get("/api/version").json()["name"] == "external-agents"
+
+
+def test_install_on_an_app_already_serving_is_refused(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from external_agents import InstallError, install
+
+    app = _host_nexus()
+    with TestClient(app.fastapi_app) as client:
+        assert client.get("/health").status_code == 200
+        with pytest.raises(InstallError, match="already serving"):
+            install(app, make_settings(f"sqlite:///{tmp_path}/late.db", str(tmp_path)))
+
+
+def test_our_lifespan_runs_inside_the_hosts(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from external_agents import install
+
+    app = _host_nexus()
+    events: list[str] = []
+    nexus_lifespan = app.fastapi_app.router.lifespan_context
+
+    @asynccontextmanager
+    async def host_lifespan(asgi_app: Any) -> AsyncIterator[Any]:
+        events.append(f"host starts; ours has {len(state.background)} tasks")
+        async with nexus_lifespan(asgi_app) as nexus_state:
+            yield nexus_state
+        events.append(f"host stops; ours has {sum(not task.done() for task in state.background)} running")
+
+    app.fastapi_app.router.lifespan_context = host_lifespan
+    state = install(app, make_settings(f"sqlite:///{tmp_path}/lifespan.db", str(tmp_path)))
+    with TestClient(app.fastapi_app):
+        events.append(f"serving; ours has {len(state.background)} tasks")
+    assert events == ["host starts; ours has 0 tasks", "serving; ours has 2 tasks", "host stops; ours has 0 running"]
 
 
 def test_the_package_root_loads_nothing_heavy_until_install_is_used() -> None:

@@ -367,7 +367,7 @@ def build_app(settings: Settings, *, workflows: dict[str, Any] | None = None) ->
     """
     from nexus import Nexus
 
-    from external_agents.channels.invocations import MeteredRunner
+    from external_agents.gateway.metrics import MeteredRunner
     from external_agents.workflows.examples import build_example_workflows
 
     configure_logging()

@@ -26,8 +26,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import TEST_FERNET_KEY, make_settings, reset_postgres_database
-from tests.faults.support import drop_database
+from tests.factories import TEST_FERNET_KEY, make_settings, throwaway_database
 from tests.host_app.existing_database import sync_url
 from tests.platform_server import PlatformServer
 from tests.process_servers import free_port
@@ -107,14 +106,12 @@ def test_the_wheel_installs_external_agents_alone(fresh_install: FreshInstall, t
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def host_database(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> Iterator[str]:
-    """An empty database for the host: a SQLite file, or a PostgreSQL database named after this run's own."""
+    """An empty database for the host: a SQLite file, or a PostgreSQL database of its own."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/host.db"
         return
-    url = f"{postgres_url}_embedding"
-    reset_postgres_database(url)
-    yield url
-    drop_database(url)
+    with throwaway_database(postgres_url, prefix="ea_embedding_") as url:
+        yield url
 
 
 def test_a_host_app_embeds_the_feature_and_its_workflow_answers_as_before(

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
+from external_agents.agent_fields import agent_limit_options
 from external_agents.channels.cli.options import GatewayOptions, gateway_command
 from external_agents.channels.cli.output import (
     EXIT_CONFIG,
@@ -18,11 +19,13 @@ from external_agents.channels.cli.output import (
     key_value_table,
     parse_json_object,
 )
+from external_agents.field_sets import typer_parameters, with_parameters
 
 agents_app = typer.Typer(help="Register, list, inspect, change and remove external agents.", no_args_is_help=True)
 
 AgentIdArg = Annotated[str, typer.Argument(help="The agent's id (from `agents list`).", show_default=False)]
-# The agent's optional fields as options, in this one place (create and update share them).
+# The agent's optional fields that are not limits, as options create and update share; the limits' options are
+# derived from agent_fields.AgentLimits, so a new limit reaches both commands with no edit here.
 Description = Annotated[str | None, typer.Option("--description", help="What the agent does.", show_default=False)]
 AuthConfig = Annotated[
     str | None,
@@ -32,51 +35,14 @@ AuthConfig = Annotated[
         show_default=False,
     ),
 ]
-MonthlyCost = Annotated[float | None, typer.Option("--max-monthly-cost", min=0, help="USD.", show_default=False)]
-DailyCost = Annotated[float | None, typer.Option("--max-daily-cost", min=0, help="USD.", show_default=False)]
-CostPerCall = Annotated[
-    float | None, typer.Option("--cost-per-execution", min=0, help="USD, estimated per call.", show_default=False)
-]
-PerMinute = Annotated[int | None, typer.Option("--requests-per-minute", min=1, show_default=False)]
-PerHour = Annotated[int | None, typer.Option("--requests-per-hour", min=1, show_default=False)]
-PerDay = Annotated[int | None, typer.Option("--requests-per-day", min=1, show_default=False)]
-DailyExecutions = Annotated[
-    int | None,
-    typer.Option("--daily-execution-limit", min=1, help="Invocations per UTC day. Default: none.", show_default=False),
-]
-MonthlyExecutions = Annotated[
-    int | None,
-    typer.Option(
-        "--monthly-execution-limit", min=1, help="Invocations per UTC month. Default: none.", show_default=False
-    ),
-]
 
 
-def _agent_fields(
-    *,
-    description: str | None,
-    auth_config: str | None,
-    max_monthly_cost: float | None,
-    max_daily_cost: float | None,
-    cost_per_execution: float | None,
-    requests_per_minute: int | None,
-    requests_per_hour: int | None,
-    requests_per_day: int | None,
-    daily_execution_limit: int | None,
-    monthly_execution_limit: int | None,
-) -> dict[str, Any]:
+def _agent_fields(*, description: str | None, auth_config: str | None, limits: dict[str, Any]) -> dict[str, Any]:
     """The optional agent fields given on the command line (absent ones are left to the defaults or unchanged)."""
     fields: dict[str, Any] = {
         "description": description,
         "auth_config": parse_json_object("--auth-config", auth_config) if auth_config is not None else None,
-        "max_monthly_cost": max_monthly_cost,
-        "max_daily_cost": max_daily_cost,
-        "cost_per_execution": cost_per_execution,
-        "requests_per_minute": requests_per_minute,
-        "requests_per_hour": requests_per_hour,
-        "requests_per_day": requests_per_day,
-        "daily_execution_limit": daily_execution_limit,
-        "monthly_execution_limit": monthly_execution_limit,
+        **limits,
     }
     return {k: v for k, v in fields.items() if v is not None}
 
@@ -90,6 +56,7 @@ def _show_agent(agent: dict[str, Any], *, title: str) -> None:
 
 @agents_app.command("create")
 @gateway_command
+@with_parameters(typer_parameters(agent_limit_options()))
 def agents_create(
     name: Annotated[str, typer.Option("--name", help="Unique within the organisation.", show_default=False)],
     platform: Annotated[
@@ -102,34 +69,16 @@ def agents_create(
     ],
     auth_config: AuthConfig = None,
     description: Description = None,
-    max_monthly_cost: MonthlyCost = None,
-    max_daily_cost: DailyCost = None,
-    cost_per_execution: CostPerCall = None,
-    requests_per_minute: PerMinute = None,
-    requests_per_hour: PerHour = None,
-    requests_per_day: PerDay = None,
-    daily_execution_limit: DailyExecutions = None,
-    monthly_execution_limit: MonthlyExecutions = None,
     *,
     gateway: GatewayOptions,
+    **limits: Any,
 ) -> None:
     """Register an external agent; limits left out take the configured defaults."""
     body = {
         "name": name,
         "platform": platform,
         "platform_config": parse_json_object("--platform-config", platform_config),
-        **_agent_fields(
-            description=description,
-            auth_config=auth_config,
-            max_monthly_cost=max_monthly_cost,
-            max_daily_cost=max_daily_cost,
-            cost_per_execution=cost_per_execution,
-            requests_per_minute=requests_per_minute,
-            requests_per_hour=requests_per_hour,
-            requests_per_day=requests_per_day,
-            daily_execution_limit=daily_execution_limit,
-            monthly_execution_limit=monthly_execution_limit,
-        ),
+        **_agent_fields(description=description, auth_config=auth_config, limits=limits),
     }
     agent = gateway.call(lambda gw: gw.create_agent(body))
     if gateway.as_json:
@@ -188,6 +137,7 @@ def agents_get(agent_id: AgentIdArg, *, gateway: GatewayOptions) -> None:
 
 @agents_app.command("update")
 @gateway_command
+@with_parameters(typer_parameters(agent_limit_options()))
 def agents_update(
     agent_id: AgentIdArg,
     name: Annotated[str | None, typer.Option("--name", help="A new name.", show_default=False)] = None,
@@ -197,30 +147,12 @@ def agents_update(
     ] = None,
     auth_config: AuthConfig = None,
     description: Description = None,
-    max_monthly_cost: MonthlyCost = None,
-    max_daily_cost: DailyCost = None,
-    cost_per_execution: CostPerCall = None,
-    requests_per_minute: PerMinute = None,
-    requests_per_hour: PerHour = None,
-    requests_per_day: PerDay = None,
-    daily_execution_limit: DailyExecutions = None,
-    monthly_execution_limit: MonthlyExecutions = None,
     *,
     gateway: GatewayOptions,
+    **limits: Any,
 ) -> None:
     """Change some of an agent's fields; new credentials are encrypted again."""
-    body = _agent_fields(
-        description=description,
-        auth_config=auth_config,
-        max_monthly_cost=max_monthly_cost,
-        max_daily_cost=max_daily_cost,
-        cost_per_execution=cost_per_execution,
-        requests_per_minute=requests_per_minute,
-        requests_per_hour=requests_per_hour,
-        requests_per_day=requests_per_day,
-        daily_execution_limit=daily_execution_limit,
-        monthly_execution_limit=monthly_execution_limit,
-    )
+    body = _agent_fields(description=description, auth_config=auth_config, limits=limits)
     if name is not None:
         body["name"] = name
     if platform_config is not None:

@@ -19,6 +19,8 @@ import typer
 from external_agents.channels.cli.calls import Target, call, run_with_engine, settings_or_exit
 from external_agents.channels.cli.options import GatewayOptions, gateway_command
 from external_agents.channels.cli.output import console, emit_json
+from external_agents.field_sets import typer_parameters, with_parameters
+from external_agents.lineage_filters import graph_selector_options, lineage_filter_options
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -33,55 +35,22 @@ retention_app = typer.Typer(
 lineage_app.add_typer(retention_app, name="retention")
 
 ExportOrg = Annotated[str, typer.Option("--org", help="The organisation whose lineage to export.")]
-UserEmail = Annotated[str | None, typer.Option("--user-email", help="Only this external user's invocations.")]
-AgentId = Annotated[str | None, typer.Option("--agent-id", help="Only this agent's invocations.")]
-Status = Annotated[str | None, typer.Option("--status", help="pending, success, failure, timeout or denied.")]
-System = Annotated[str | None, typer.Option("--system", help="Only calls from this external system.")]
-Session = Annotated[str | None, typer.Option("--session-id", help="Only this external session.")]
-Start = Annotated[str | None, typer.Option("--start-date", help="From (inclusive), ISO 8601 with a time zone.")]
-End = Annotated[str | None, typer.Option("--end-date", help="Until (exclusive), ISO 8601 with a time zone.")]
-
-
-def _filters(**given: str | None) -> dict[str, str | None]:
-    return {
-        "external_user_email": given["user_email"],
-        "external_agent_id": given["agent_id"],
-        "status": given["status"],
-        "external_system": given["system"],
-        "session_id": given["session_id"],
-        "start_date": given["start_date"],
-        "end_date": given["end_date"],
-    }
 
 
 @lineage_app.command("list")
 @gateway_command
+@with_parameters(typer_parameters(lineage_filter_options()))
 def list_command(
-    user_email: UserEmail = None,
-    agent_id: AgentId = None,
-    status: Status = None,
-    system: System = None,
-    session_id: Session = None,
-    start_date: Start = None,
-    end_date: End = None,
     page: Annotated[int, typer.Option(min=1, help="Page number.")] = 1,
     limit: Annotated[int, typer.Option(min=1, max=100, help="Rows per page.")] = 20,
     *,
     gateway: GatewayOptions,
+    **filters: str | None,
 ) -> None:
     """List invocations, newest first."""
     from rich.table import Table
     from rich.text import Text
 
-    filters = _filters(
-        user_email=user_email,
-        agent_id=agent_id,
-        status=status,
-        system=system,
-        session_id=session_id,
-        start_date=start_date,
-        end_date=end_date,
-    )
     listing = gateway.call(lambda gw: gw.list_lineage(filters=filters, page=page, limit=limit))
     if gateway.as_json:
         emit_json(listing)
@@ -110,25 +79,17 @@ def list_command(
 
 @lineage_app.command("graph")
 @gateway_command
+@with_parameters(typer_parameters(graph_selector_options()))
 def graph_command(
-    session_id: Annotated[str | None, typer.Option("--session-id", help="All invocations of a session.")] = None,
-    trace_id: Annotated[str | None, typer.Option("--trace-id", help="An invocation by its trace id.")] = None,
-    invocation_id: Annotated[str | None, typer.Option("--invocation-id", help="An invocation by its id.")] = None,
-    workflow_id: Annotated[str | None, typer.Option("--workflow-id", help="All invocations of a workflow.")] = None,
     depth: Annotated[int, typer.Option(min=0, max=100, help="Hops from the selection.")] = 10,
     *,
     gateway: GatewayOptions,
+    **selectors: str | None,
 ) -> None:
     """Show the invocation graph around a session, trace, invocation or workflow."""
     from rich.text import Text
     from rich.tree import Tree
 
-    selectors = {
-        "session_id": session_id,
-        "trace_id": trace_id,
-        "invocation_id": invocation_id,
-        "workflow_id": workflow_id,
-    }
     graph = gateway.call(lambda gw: gw.lineage_graph(selectors=selectors, depth=depth))
     if gateway.as_json:
         emit_json(graph)
@@ -170,28 +131,14 @@ def graph_command(
 
 
 @lineage_app.command("export")
+@with_parameters(typer_parameters(lineage_filter_options()))
 def export_command(
     org: ExportOrg,
     export_format: Annotated[str, typer.Option("--format", help="json, csv or openlineage.")] = "json",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
-    user_email: UserEmail = None,
-    agent_id: AgentId = None,
-    status: Status = None,
-    system: System = None,
-    session_id: Session = None,
-    start_date: Start = None,
-    end_date: End = None,
+    **filters: str | None,
 ) -> None:
     """Stream invocations as JSON, CSV or OpenLineage events (one batch of rows in memory at a time)."""
-    filters = _filters(
-        user_email=user_email,
-        agent_id=agent_id,
-        status=status,
-        system=system,
-        session_id=session_id,
-        start_date=start_date,
-        end_date=end_date,
-    )
     destination = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
 
     async def stream(gateway: Gateway) -> None:

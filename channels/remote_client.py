@@ -15,16 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
-# The REST contract's identity headers by field (nodes.invocation declares them; importing it loads kailash).
-IDENTITY_HEADERS = {
-    "external_user_id": "X-External-User-ID",
-    "external_user_email": "X-External-User-Email",
-    "external_system": "X-External-System",
-    "external_session_id": "X-External-Session-ID",
-    "external_user_name": "X-External-User-Name",
-    "external_trace_id": "X-External-Trace-ID",
-}
-CONTEXT_HEADER = "X-External-Context"
+from external_agents.identity import CONTEXT_HEADER, IDENTITY_HEADERS
 
 
 class GatewayError(Exception):
@@ -118,7 +109,7 @@ class RemoteGateway:
         return await self._send("GET", f"/api/external-agents/{_segment(agent_id)}/invocations", params=params)
 
     async def invoke(self, agent_id: str, *, identity: dict[str, Any], body: Any) -> dict[str, Any]:
-        headers = {IDENTITY_HEADERS[field]: value for field, value in identity.items() if field in IDENTITY_HEADERS}
+        headers = {h.header: identity[h.field] for h in IDENTITY_HEADERS if h.field in identity}
         if identity.get("external_context") is not None:
             headers[CONTEXT_HEADER] = identity["external_context"]
         return await self._send(

@@ -20,13 +20,11 @@ from external_agents.channels.route_support import (
     state_of,
 )
 from external_agents.gateway.operations import run_invocation
-from external_agents.nodes.invocation import CONTEXT_HEADER, OPTIONAL_IDENTITY, REQUIRED_IDENTITY
+from external_agents.identity import CONTEXT_HEADER, IDENTITY_HEADERS
 from external_agents.request_models import InvocationBody
 from external_agents.stores.database import ping
 
 router = APIRouter(prefix="/api")
-
-IDENTITY_HEADERS = (*REQUIRED_IDENTITY, *OPTIONAL_IDENTITY)
 
 
 @router.get("/version")
@@ -105,7 +103,7 @@ async def invoke_agent(request: Request, agent_id: str) -> JSONResponse:
     state = state_of(request)
     # A missing body is refused after the policy check (nodes/invocation.py), so a denying policy answers 403.
     body = await read_json_body(request, required=False)
-    identity: dict[str, Any] = {field: request.headers.get(header) for field, header in IDENTITY_HEADERS}
+    identity: dict[str, Any] = {h.field: request.headers.get(h.header) for h in IDENTITY_HEADERS}
     identity["external_context"] = request.headers.get(CONTEXT_HEADER)
     outcome = await run_invocation(state, caller=caller, agent_id=agent_id, identity=identity, body=body)
     # Unlike the other operations, the response carries the invocation's X-Kaizen-* and rate-limit headers.

@@ -14,6 +14,8 @@ from typing import Any
 from kailash.workflow import Workflow
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from external_agents.nodes.invocation_state import DeliveryFailed, InvocationOutcome, PolicyDenied
+from external_agents.nodes.invocation_step import read_outcome
 from external_agents.workflows.runner import WorkflowRunner
 
 # Webhook deliveries may take up to the configured timeout (30 s by default) per attempt, with retries.
@@ -78,24 +80,20 @@ class GatewayMetrics:
         )
         self.organizations: dict[str, OrganizationSeries] = {}
 
-    def record_invocation(self, outcome: dict[str, Any], *, agent_id: str, organization_id: str) -> None:
-        """Count one invocation from its outcome (see nodes.record_invocation.outcome_of)."""
+    def record_invocation(self, outcome: InvocationOutcome, *, agent_id: str, organization_id: str) -> None:
+        """Count one invocation from its outcome."""
         series = self._series(organization_id)
-        status = outcome["status"]
-        series.invocations.labels(status=status).inc()
-        series.duration.observe(outcome["duration_ms"] / 1000)
-        denial = outcome["denial"]
-        if denial is not None and denial["kind"] == "policy":
+        series.invocations.labels(status=outcome.status).inc()
+        series.duration.observe(outcome.duration_ms / 1000)
+        if isinstance(outcome.result, PolicyDenied):
             series.policy_denials.inc()
-        if status in ("failure", "timeout"):
+        if isinstance(outcome.result, DeliveryFailed):
             series.webhook_failures.inc()
-        rate_limit = outcome.get("rate_limit")
-        if rate_limit:
-            series.rate_limit_remaining.labels(agent_id=agent_id).set(rate_limit["remaining"])
+        if outcome.rate_limit is not None:
+            series.rate_limit_remaining.labels(agent_id=agent_id).set(outcome.rate_limit.remaining)
         # Present only when the budget step reserved: a denial before it (or by it) says nothing of spend.
-        budget = outcome.get("budget")
-        if budget:
-            series.budget_usage.labels(agent_id=agent_id).set(round(budget["usage"] * 100, 2))
+        if outcome.budget is not None:
+            series.budget_usage.labels(agent_id=agent_id).set(round(outcome.budget.usage * 100, 2))
 
     def _series(self, organization_id: str) -> OrganizationSeries:
         series = self.organizations.get(organization_id)
@@ -110,13 +108,14 @@ class GatewayMetrics:
 
 async def run_and_record(
     runner: WorkflowRunner, *, workflow: Workflow, metrics: GatewayMetrics, prepare: dict[str, Any]
-) -> dict[str, dict[str, Any]]:
-    """Run the invocation workflow with `prepare`'s inputs and count its outcome."""
+) -> tuple[dict[str, dict[str, Any]], InvocationOutcome]:
+    """Run the invocation workflow with `prepare`'s inputs and count its outcome; the results and the outcome."""
     results = await runner.run(workflow, {"prepare": prepare})
+    outcome = read_outcome(results["record"])
     metrics.record_invocation(
-        results["record"]["outcome"], agent_id=prepare["agent_id"], organization_id=prepare["caller"]["organization_id"]
+        outcome, agent_id=prepare["agent_id"], organization_id=prepare["caller"]["organization_id"]
     )
-    return results
+    return results, outcome
 
 
 class MeteredRunner:
@@ -131,4 +130,7 @@ class MeteredRunner:
     async def run(self, workflow: Workflow, inputs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if workflow is not self.invoke_workflow:
             return await self.runner.run(workflow, inputs)
-        return await run_and_record(self.runner, workflow=workflow, metrics=self.metrics, prepare=inputs["prepare"])
+        results, _ = await run_and_record(
+            self.runner, workflow=workflow, metrics=self.metrics, prepare=inputs["prepare"]
+        )
+        return results

@@ -20,6 +20,7 @@ from kailash.workflow import Workflow
 
 from external_agents.errors import ExternalAgentsError, ForbiddenError, NotFoundError, ValidationError
 from external_agents.gateway.metrics import run_and_record
+from external_agents.nodes.invocation_state import InvocationOutcome
 from external_agents.lineage_filters import FILTER_NAMES, GRAPH_SELECTORS
 from external_agents.nodes.lineage import export_chunks
 from external_agents.stores.api_keys import Caller
@@ -47,7 +48,7 @@ async def run_invocation(
     identity: dict[str, Any],
     body: Any,
     workflow_id: str | None = None,
-) -> dict[str, Any]:
+) -> InvocationOutcome:
     """Run the invocation workflow and record its metrics; returns the outcome (a denial is an outcome too).
 
     `caller` is `{api_key_id, organization_id}`; `identity` the external identity by field name.
@@ -55,8 +56,8 @@ async def run_invocation(
     prepare: dict[str, Any] = {"caller": caller, "agent_id": agent_id, "identity": identity, "body": body}
     if workflow_id is not None:
         prepare["workflow_id"] = workflow_id
-    results = await run_and_record(state.runner, workflow=state.invoke, metrics=state.metrics, prepare=prepare)
-    return results["record"]["outcome"]
+    _, outcome = await run_and_record(state.runner, workflow=state.invoke, metrics=state.metrics, prepare=prepare)
+    return outcome
 
 
 # Recorded where a key's id would be (created_by, lineage, audit) for an operator acting without a key.
@@ -165,7 +166,7 @@ class LocalGateway:
         results = await self._run(self.state.lineage.list, {LIST_NODE: inputs})
         return results[LIST_NODE]["page_of_lineage"]
 
-    async def invoke(self, agent_id: str, *, identity: dict[str, Any], body: Any) -> dict[str, Any]:
+    async def invoke(self, agent_id: str, *, identity: dict[str, Any], body: Any) -> InvocationOutcome:
         """The invocation's outcome: delivered, failed, or denied by governance (a denial is not an error here)."""
         caller = self._caller("invoke:external_agent")
         return await run_invocation(self.state, caller=caller, agent_id=agent_id, identity=identity, body=body)

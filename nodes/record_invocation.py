@@ -3,6 +3,15 @@
 Denied invocations are recorded too, with status `denied` and their reason. The node's output is the
 outcome the channels turn into a response. A record the database cannot take in time waits in the journal
 (stores/unrecorded.py) and the response stands: the platform has the delivery, and the record follows.
+
+Usage in a host workflow, as the last step::
+
+    builder.add_node("RecordInvocationNode", "record", {"engine": engine, "journal": None})
+    builder.add_connection("deliver", "invocation", "record", "invocation")
+
+Input `invocation` (delivered or denied); output `outcome`: `InvocationOutcome.to_json()`. The budget
+reservation is settled at the cost the platform reported (else the estimate), or released when the platform
+was never reached, in the same transaction as the lineage and billing rows.
 """
 
 from __future__ import annotations
@@ -11,141 +20,160 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from kailash.nodes.base import register_node
+from kailash.nodes.base import NodeParameter, register_node
 
 from external_agents.money import to_micros, to_usd
-from external_agents.nodes.base import ExternalAgentNode, dependency, value
-from external_agents.stores.budgets import Reservation
+from external_agents.nodes.base import dependency
+from external_agents.nodes.invocation_state import (
+    AuditEvent,
+    BudgetExceeded,
+    Delivered,
+    DeliveryFailed,
+    Invocation,
+    InvocationOutcome,
+    PolicyDenied,
+    RateLimited,
+    Result,
+    status_of,
+)
+from external_agents.nodes.invocation_step import InvocationStepNode
 from external_agents.stores.invocations import record_invocation
 
-DENIAL_EVENTS = {
-    "policy": "external_agent.policy_denied",
-    "rate_limit": "external_agent.rate_limit_exceeded",
-    "budget": "external_agent.budget_exceeded",
+DENIAL_EVENTS: dict[type[Any], str] = {
+    PolicyDenied: "external_agent.policy_denied",
+    RateLimited: "external_agent.rate_limit_exceeded",
+    BudgetExceeded: "external_agent.budget_exceeded",
 }
 
 
-def _status(invocation: dict[str, Any]) -> str:
-    if invocation["denial"] is not None:
-        return "denied"
-    return invocation["delivery"]["status"]
+def result_of(invocation: Invocation) -> Result:
+    """How the invocation ended: its denial, else its delivery."""
+    result = invocation.denial or invocation.delivery
+    if result is None:
+        raise RuntimeError("an invocation is recorded once denied or delivered (DeliverInvocationNode runs first)")
+    return result
 
 
-def _actual_micros(invocation: dict[str, Any]) -> int | None:
+def actual_micros(invocation: Invocation) -> int | None:
     """What the invocation costs: the platform's reported cost, else the estimate; None if nothing is owed."""
-    delivery = invocation.get("delivery")
-    if delivery is None or not delivery["reached_platform"]:
+    delivery = invocation.delivery
+    if invocation.denied or delivery is None:
         return None
-    if delivery["reported_cost_micros"] is not None:
-        return delivery["reported_cost_micros"]
-    return to_micros(invocation["agent"]["cost_per_execution"])
+    if isinstance(delivery, DeliveryFailed):
+        return to_micros(invocation.loaded_agent.cost_per_execution) if delivery.reached_platform else None
+    if delivery.reported_cost_micros is not None:
+        return delivery.reported_cost_micros
+    return to_micros(invocation.loaded_agent.cost_per_execution)
 
 
-def _event(event_type: str, invocation: dict[str, Any], details: dict[str, Any]) -> dict[str, Any]:
+def lineage_row(
+    invocation: Invocation, *, cost_micros: int, duration_ms: float, response_timestamp: datetime
+) -> dict[str, Any]:
+    result = result_of(invocation)
+    status = status_of(result)
+    agent, caller, delivery = invocation.loaded_agent, invocation.caller, invocation.delivery
+    denied = invocation.denial is not None
     return {
-        "event_type": event_type,
-        "organization_id": invocation["caller"]["organization_id"],
-        "actor_id": invocation["caller"]["api_key_id"],
-        "resource_type": "external_agent",
-        "resource_id": invocation["agent"]["id"],
-        "details": {"invocation_id": invocation["invocation_id"], **details},
-    }
-
-
-def outcome_of(invocation: dict[str, Any], *, status: str, cost_micros: int, duration_ms: float) -> dict[str, Any]:
-    delivery = invocation.get("delivery") or {}
-    return {
-        "invocation_id": invocation["invocation_id"],
-        "trace_id": invocation["trace_id"],
+        "id": invocation.invocation_id,
+        **invocation.identity.fields(),
+        "external_context": invocation.identity.external_context,
+        "api_key_id": caller.api_key_id,
+        "organization_id": caller.organization_id,
+        "external_agent_id": agent.id,
+        "external_agent_name": agent.name,
+        "platform": agent.platform,
+        "trace_id": invocation.trace_id,
+        "workflow_id": invocation.request.workflow_id,
+        "input": invocation.request.input,
+        "output": delivery.output if isinstance(delivery, Delivered) else None,
+        "metadata": invocation.request.metadata,
         "status": status,
-        "output": delivery.get("output"),
+        "denial_reason": invocation.denial.detail if invocation.denial is not None else None,
         "cost_usd": to_usd(cost_micros),
         "duration_ms": duration_ms,
-        "webhook_delivered": status == "success",
-        "delivery_error": delivery.get("error"),
-        "denial": invocation["denial"],
-        "rate_limit": invocation.get("rate_limit"),
-        "budget": invocation.get("budget"),
+        "webhook_delivery_status": None if denied else ("delivered" if status == "success" else status),
+        "webhook_delivery_error": delivery.error if isinstance(delivery, DeliveryFailed) else None,
+        "webhook_attempts": delivery.attempts if delivery is not None and not denied else None,
+        "request_timestamp": invocation.request_timestamp,
+        "response_timestamp": response_timestamp,
     }
+
+
+def billing_row(invocation: Invocation, *, actual: int) -> dict[str, Any]:
+    return {
+        "id": invocation.invocation_id,
+        "organization_id": invocation.caller.organization_id,
+        "usage_type": "external_agent_invocation",
+        "quantity": 1.0,
+        "cost_usd": to_usd(actual),
+        "external_agent_id": invocation.loaded_agent.id,
+    }
+
+
+def audit_events(invocation: Invocation, *, cost_micros: int) -> list[dict[str, Any]]:
+    """The invocation's audit events as `stores.audit.audit_row` takes them, its closing event last."""
+    result = result_of(invocation)
+    if invocation.denial is not None:
+        closing = AuditEvent(
+            event_type=DENIAL_EVENTS[type(invocation.denial)],
+            details={"invocation_id": invocation.invocation_id, "reason": invocation.denial.detail},
+        )
+    else:
+        details = {"status": status_of(result), "cost_usd": to_usd(cost_micros)}
+        closing = AuditEvent(
+            event_type="external_agent.invoked", details={"invocation_id": invocation.invocation_id, **details}
+        )
+    return [
+        {
+            "event_type": event.event_type,
+            "organization_id": invocation.caller.organization_id,
+            "actor_id": invocation.caller.api_key_id,
+            "resource_type": "external_agent",
+            "resource_id": invocation.loaded_agent.id,
+            "details": event.details,
+        }
+        for event in (*invocation.audit_events, closing)
+    ]
+
+
+def outcome_of(invocation: Invocation, *, cost_micros: int, duration_ms: float) -> InvocationOutcome:
+    return InvocationOutcome(
+        invocation_id=invocation.invocation_id,
+        trace_id=invocation.trace_id,
+        result=result_of(invocation),
+        cost_usd=to_usd(cost_micros),
+        duration_ms=duration_ms,
+        rate_limit=invocation.rate_limit,
+        budget=invocation.budget,
+    )
 
 
 @register_node()
-class RecordInvocationNode(ExternalAgentNode):
+class RecordInvocationNode(InvocationStepNode):
     """Write lineage, billing, the budget settlement and audit rows in one transaction; output the outcome."""
 
-    def get_parameters(self) -> dict[str, Any]:
+    runs_after_denial = True
+
+    def dependencies(self) -> dict[str, NodeParameter]:
         return {
             "engine": dependency("engine", "SQLAlchemy AsyncEngine"),
             "journal": dependency("journal", "UnrecordedJournal: where records wait while the database is away"),
-            "invocation": value("invocation", "the invocation, delivered or denied"),
         }
 
-    async def async_run(self, **kw: Any) -> dict[str, Any]:
-        invocation = kw["invocation"]
-        status = _status(invocation)
-        actual = _actual_micros(invocation)
+    async def step(self, invocation: Invocation, **kw: Any) -> InvocationOutcome:
+        actual = actual_micros(invocation)
         cost_micros = actual or 0
-        duration_ms = round((time.perf_counter() - invocation["started"]) * 1000, 3)
-        identity, agent, caller = invocation["identity"], invocation["agent"], invocation["caller"]
-        delivery = invocation.get("delivery") or {}
-        denial = invocation["denial"]
-        lineage_row = {
-            "id": invocation["invocation_id"],
-            **{
-                k: identity[k]
-                for k in (
-                    "external_user_id",
-                    "external_user_email",
-                    "external_user_name",
-                    "external_system",
-                    "external_session_id",
-                    "external_trace_id",
-                )
-            },
-            "external_context": identity["external_context"],
-            "api_key_id": caller["api_key_id"],
-            "organization_id": caller["organization_id"],
-            "external_agent_id": agent["id"],
-            "external_agent_name": agent["name"],
-            "platform": agent["platform"],
-            "trace_id": invocation["trace_id"],
-            "workflow_id": invocation["workflow_id"],
-            "input": invocation["input"],
-            "output": delivery.get("output"),
-            "status": status,
-            "denial_reason": denial["detail"] if denial else None,
-            "cost_usd": to_usd(cost_micros),
-            "duration_ms": duration_ms,
-            "webhook_delivery_status": None if denial else ("delivered" if status == "success" else status),
-            "webhook_delivery_error": delivery.get("error"),
-            "webhook_attempts": delivery.get("attempts"),
-            "request_timestamp": datetime.fromisoformat(invocation["request_timestamp"]),
-            "response_timestamp": datetime.now(UTC),
-        }
-        billing_row = None
-        if actual is not None:
-            billing_row = {
-                "id": invocation["invocation_id"],
-                "organization_id": caller["organization_id"],
-                "usage_type": "external_agent_invocation",
-                "quantity": 1.0,
-                "cost_usd": to_usd(actual),
-                "external_agent_id": agent["id"],
-            }
-        events = list(invocation["audit_events"])
-        if denial is not None:
-            events.append(_event(DENIAL_EVENTS[denial["kind"]], invocation, {"reason": denial["detail"]}))
-        else:
-            details = {"status": status, "cost_usd": to_usd(cost_micros)}
-            events.append(_event("external_agent.invoked", invocation, details))
-        reservation = invocation.get("reservation")
+        duration_ms = round((time.perf_counter() - invocation.started) * 1000, 3)
+        row = lineage_row(
+            invocation, cost_micros=cost_micros, duration_ms=duration_ms, response_timestamp=datetime.now(UTC)
+        )
         await record_invocation(
             kw["engine"],
-            lineage_row=lineage_row,
-            billing_row=billing_row,
-            reservation=Reservation.from_dict(reservation) if reservation else None,
+            lineage_row=row,
+            billing_row=billing_row(invocation, actual=actual) if actual is not None else None,
+            reservation=invocation.reservation,
             actual_micros=actual,
-            audit_events=events,
+            audit_events=audit_events(invocation, cost_micros=cost_micros),
             journal=kw["journal"],
         )
-        return {"outcome": outcome_of(invocation, status=status, cost_micros=cost_micros, duration_ms=duration_ms)}
+        return outcome_of(invocation, cost_micros=cost_micros, duration_ms=duration_ms)

@@ -1,52 +1,50 @@
-"""The rate-limit step of an invocation: one atomic check-and-record per agent."""
+"""The rate-limit step of an invocation: one atomic check-and-record per agent.
+
+Usage in a host workflow, after the agent is loaded::
+
+    builder.add_node("RateLimitNode", "rate_limit", {"limiter": limiter})
+    builder.add_connection("policy", "invocation", "rate_limit", "invocation")
+
+Input `invocation`; output `invocation` with the limiter's `RateLimitDecision` (for the X-RateLimit-* headers),
+and a `RateLimited` denial when a window is full. After an earlier denial it only peeks: the response still
+reports the agent's standing, and the refused call is not counted.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from kailash.nodes.base import register_node
+from kailash.nodes.base import NodeParameter, register_node
 
-from external_agents.nodes.base import ExternalAgentNode, dependency, value
+from external_agents.nodes.base import dependency
 from external_agents.nodes.governance.rate_limiter import RateLimitDecision, RateLimits
-from external_agents.nodes.invocation import denied
+from external_agents.nodes.invocation_state import AgentSnapshot, Invocation, RateLimited
+from external_agents.nodes.invocation_step import InvocationStepNode
 
 
-def limits_of(agent: dict[str, Any]) -> RateLimits:
+def limits_of(agent: AgentSnapshot) -> RateLimits:
     return RateLimits(
-        per_minute=agent["requests_per_minute"], per_hour=agent["requests_per_hour"], per_day=agent["requests_per_day"]
+        per_minute=agent.requests_per_minute, per_hour=agent.requests_per_hour, per_day=agent.requests_per_day
     )
 
 
-def rate_limit_denial(decision: RateLimitDecision) -> dict[str, Any]:
-    return {
-        "kind": "rate_limit",
-        "status_code": 429,
-        "detail": f"Rate limit exceeded for this agent ({decision.exceeded_window} window)",
-        "retry_after_seconds": decision.retry_after_seconds,
-        "limit": decision.limit,
-        "remaining": decision.remaining,
-        "reset_time": decision.reset_at,
-    }
+def apply_rate_limit(invocation: Invocation, decision: RateLimitDecision) -> Invocation:
+    """The invocation with the limiter's decision, denied if it was refused (and nothing denied it before)."""
+    if decision.allowed or invocation.denied:
+        return invocation.with_events(rate_limit=decision)
+    return invocation.with_events(rate_limit=decision, denial=RateLimited(decision=decision))
 
 
 @register_node()
-class RateLimitNode(ExternalAgentNode):
+class RateLimitNode(InvocationStepNode):
     """Count the invocation against the agent's windows, or refuse it; after a denial only peek for headers."""
 
-    def get_parameters(self) -> dict[str, Any]:
-        return {
-            "limiter": dependency("limiter", "a RateLimiter"),
-            "invocation": value("invocation", "the invocation so far"),
-        }
+    runs_after_denial = True
 
-    async def async_run(self, **kw: Any) -> dict[str, Any]:
-        invocation, limiter = kw["invocation"], kw["limiter"]
-        limits = limits_of(invocation["agent"])
-        if denied(invocation):
-            decision = await limiter.peek(invocation["agent"]["id"], limits)
-            return {"invocation": {**invocation, "rate_limit": decision.to_dict()}}
-        decision = await limiter.hit(invocation["agent"]["id"], limits)
-        update: dict[str, Any] = {"rate_limit": decision.to_dict()}
-        if not decision.allowed:
-            update["denial"] = rate_limit_denial(decision)
-        return {"invocation": {**invocation, **update}}
+    def dependencies(self) -> dict[str, NodeParameter]:
+        return {"limiter": dependency("limiter", "a RateLimiter (Redis, or in memory)")}
+
+    async def step(self, invocation: Invocation, **kw: Any) -> Invocation:
+        agent, limiter = invocation.loaded_agent, kw["limiter"]
+        check = limiter.peek if invocation.denied else limiter.hit
+        return apply_rate_limit(invocation, await check(agent.id, limits_of(agent)))

@@ -13,7 +13,7 @@ from kailash.nodes.base import register_node
 from external_agents.money import to_micros, to_usd
 from external_agents.nodes.base import ExternalAgentNode, dependency, value
 from external_agents.nodes.governance.budget import BudgetThresholds
-from external_agents.nodes.governance.rate_limit import limits_of
+from external_agents.nodes.governance.rate_limiter import RateLimits
 from external_agents.stores.budgets import Spend, current_spend
 
 
@@ -118,7 +118,12 @@ class GovernanceStatusNode(ExternalAgentNode):
         agent = kw["agent"]
         now = datetime.now(UTC)
         spend = await current_spend(kw["engine"], agent_id=agent["id"], now=now)
-        decision = await kw["limiter"].peek(agent["id"], limits_of(agent))
+        limits = RateLimits(
+            per_minute=agent["requests_per_minute"],
+            per_hour=agent["requests_per_hour"],
+            per_day=agent["requests_per_day"],
+        )
+        decision = await kw["limiter"].peek(agent["id"], limits)
         policies = await kw["policy_cache"].policies_for(agent["organization_id"])
         return {
             "governance_status": {

@@ -430,9 +430,9 @@ def test_help_is_fast_and_imports_nothing_heavy():
 
 
 def test_remote_client_sends_the_identity_headers_rest_reads():
-    from external_agents.channels.remote_client import CONTEXT_HEADER, IDENTITY_HEADERS
-    from external_agents.nodes.invocation import CONTEXT_HEADER as REST_CONTEXT_HEADER
-    from external_agents.nodes.invocation import OPTIONAL_IDENTITY, REQUIRED_IDENTITY
+    from external_agents.channels import remote_client, rest_api
+    from external_agents.identity import CONTEXT_HEADER, IDENTITY_HEADERS
 
-    assert IDENTITY_HEADERS == dict((*REQUIRED_IDENTITY, *OPTIONAL_IDENTITY))
-    assert CONTEXT_HEADER == REST_CONTEXT_HEADER
+    # Both channels take the one declaration.
+    assert remote_client.IDENTITY_HEADERS is rest_api.IDENTITY_HEADERS is IDENTITY_HEADERS
+    assert remote_client.CONTEXT_HEADER == rest_api.CONTEXT_HEADER == CONTEXT_HEADER

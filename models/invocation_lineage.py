@@ -1,4 +1,5 @@
-"""`invocation_lineage`: one row per invocation, with the five identity layers, outcome, cost and timings."""
+"""`invocation_lineage`: one row per invocation, with the five identity layers, outcome, cost, timings and the
+caller's metadata."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ from datetime import datetime
 from typing import Annotated
 
 from external_agents.models.column_types import DOUBLE, INTEGER, JSON_EXACT, TEXT, TIMESTAMPTZ, varchar
-from external_agents.models.registry import PRIMARY_KEY, SERVER_NOW, Index, schema_db
+from external_agents.models.registry import PRIMARY_KEY, SERVER_NOW, Column, Index, schema_db
+
+# Added after the first releases (models/migrations/versions/0003_invocation_metadata.py).
+METADATA_REVISION = "0003_invocation_metadata"
 
 
 @schema_db.model
@@ -55,3 +59,5 @@ class InvocationLineage:
     webhook_attempts: Annotated[int | None, INTEGER] = None
     request_timestamp: Annotated[datetime, TIMESTAMPTZ, SERVER_NOW]
     response_timestamp: Annotated[datetime | None, TIMESTAMPTZ] = None
+    # The invoke body's free-form `metadata`, kept exactly. Last, where the revision that adds it puts it.
+    metadata: Annotated[dict | None, JSON_EXACT, Column(revision=METADATA_REVISION)] = None

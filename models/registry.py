@@ -30,11 +30,13 @@ schema_db = DataFlow(
 
 @dataclass(frozen=True)
 class Column:
-    """Column options that a Python type cannot express: key, uniqueness, server default."""
+    """Column options that a Python type cannot express: key, uniqueness, server default, and the migration
+    revision that adds the column to a table an earlier revision created (None: the table's own)."""
 
     primary_key: bool = False
     unique: bool = False
     server_now: bool = False
+    revision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ def _column(name: str, hint: Any, fields: dict[str, Any]) -> sa.Column:
         nullable=nullable,
         unique=options.unique or None,
         server_default=server_default,
+        info={"revision": options.revision} if options.revision else {},
     )
 
 

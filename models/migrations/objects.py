@@ -1,10 +1,11 @@
 """The schema objects the feature installs, in the order they are created, and which of them exist.
 
 Derived from `METADATA` when called, so nothing here restates a column: every table and index of the models,
-plus the one column the feature adds to the product's existing `billing_usage` table. Each object belongs to
-the revision that creates its table (the table's `info["revision"]`); a revision walks its own objects to
-create (or drop) only what is missing (or present), and `models.migrate` uses the whole list to report a
-half-applied installation.
+the one column the feature adds to the product's existing `billing_usage` table, and each column a later
+revision adds to one of the feature's tables (`column_revision`). Each object belongs to the revision that
+creates its table (the table's `info["revision"]`), or, for such a column, to the revision that adds it; a
+revision walks its own objects to create (or drop) only what is missing (or present), and `models.migrate`
+uses the whole list to report a half-applied installation.
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ def schema_objects(revision: str | None = None) -> tuple[SchemaObject, ...]:
         if name == EXTENDED_TABLE:
             column = SchemaObject(kind=Kind.COLUMN, table=name, name=ADDED_COLUMN, owned=True, revision=made_by)
             ranked.append(((key[0], key[1], ADDED_COLUMN), column))
+        for later in (c for c in table.c if column_revision(c, made_by) != made_by):
+            column = SchemaObject(
+                kind=Kind.COLUMN, table=name, name=later.name, owned=True, revision=column_revision(later, made_by)
+            )
+            ranked.append(((key[0], key[1], later.name), column))
         for index in table.indexes:
             index_name = str(index.name)
             key = (1, _SEED_INDEXES.index(index_name), "") if index_name in _SEED_INDEXES else (3, position, index_name)
@@ -82,6 +88,21 @@ def schema_objects(revision: str | None = None) -> tuple[SchemaObject, ...]:
     ranked.sort(key=lambda pair: (pair[1].revision, pair[0]))
     ordered = (schema_object for _, schema_object in ranked)
     return tuple(o for o in ordered if revision is None or o.revision == revision)
+
+
+def column_revision(column: sa.Column[object], table_revision: str) -> str:
+    """The revision that adds `column`: its own (models.registry.Column.revision), else its table's."""
+    return str(column.info.get("revision", table_revision))
+
+
+def table_as_created(table: sa.Table) -> sa.Table:
+    """`table` as the revision that creates it creates it: without the columns later revisions add."""
+    made_by = table.info["revision"]
+    if all(column_revision(c, made_by) == made_by for c in table.c):
+        return table
+    # A Column belongs to one Table; `_copy()` is how SQLAlchemy's own `Table.to_metadata()` detaches it.
+    kept = (c._copy() for c in table.c if column_revision(c, made_by) == made_by)
+    return sa.Table(table.name, sa.MetaData(), *kept)
 
 
 def metadata_index(schema_object: SchemaObject) -> sa.Index:

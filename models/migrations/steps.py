@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import context, op
 
 from external_agents.models import METADATA
-from external_agents.models.migrations.objects import Kind, existing, metadata_index, schema_objects
+from external_agents.models.migrations.objects import Kind, existing, metadata_index, schema_objects, table_as_created
 
 
 def _database() -> sa.Connection:
@@ -39,7 +39,7 @@ def create_missing(revision: str) -> None:
         if schema_object.kind is Kind.TABLE:
             _step(f"Creating table: {table.name}")
             # The table's indexes are separate steps, so that each is reported and created only when missing.
-            op.execute(sa.schema.CreateTable(table))
+            op.execute(sa.schema.CreateTable(table_as_created(table)))
             created_tables.add(table.name)
         elif schema_object.kind is Kind.COLUMN:
             _step(f"Extending table: {table.name} (adding {schema_object.name} column)")

@@ -28,7 +28,8 @@ from external_agents.models import METADATA, migrate
 from external_agents.models.migrations.objects import Kind, schema_objects
 from external_agents.settings import Settings, load_settings
 
-HEAD = "0002_execution_limits"
+LIMITS = "0002_execution_limits"
+HEAD = "0003_invocation_metadata"
 
 SEED_LINES_FRESH = [
     "✅ Creating table: external_agents",
@@ -218,9 +219,11 @@ def test_fresh_install_creates_every_table_and_index_with_the_seeds_lines_first(
     assert result.lines == tuple(lines)
     assert result.changed and result.from_revision is None and result.to_revision == HEAD
     # One line per object, nothing announced twice.
-    expected_steps = {f"✅ Creating table: {name}" for name in METADATA.tables} | {
-        f"✅ Creating index: {name}" for name in _all_index_names()
-    }
+    expected_steps = (
+        {f"✅ Creating table: {name}" for name in METADATA.tables}
+        | {f"✅ Creating index: {name}" for name in _all_index_names()}
+        | {"✅ Extending table: invocation_lineage (adding metadata column)"}
+    )
     assert sorted(lines[:-1]) == sorted(expected_steps)
     snapshot = _snapshot(settings)
     assert set(snapshot) == set(METADATA.tables) | {"alembic_version"}
@@ -559,11 +562,13 @@ def test_autogenerate_finds_no_difference_from_metadata(settings: Settings) -> N
 
 
 def _first_release_database(settings: Settings) -> None:
-    """A database as the first release left it: revision 0001 recorded, no execution-limits table, an agent."""
+    """A database as the first release left it: revision 0001 recorded, no execution-limits table, no lineage
+    metadata column, an agent."""
     _upgrade(settings)
     _execute(
         settings,
         "DROP TABLE external_agent_limits",
+        "ALTER TABLE invocation_lineage DROP COLUMN metadata",
         "UPDATE alembic_version SET version_num = '0001_external_agents'",
         "INSERT INTO external_agents (id, name, platform, platform_config, auth_config, organization_id, created_by) "
         "VALUES ('a-1', 'kept', 'slack', '{}', '{}', 'org-a', 'k-1')",
@@ -577,7 +582,7 @@ def test_a_first_release_database_is_outdated_with_only_the_limits_table_missing
 
     assert status.state == "outdated"
     assert status.current_revision == FIRST_RELEASE and status.head_revision == HEAD
-    assert [o.label for o in status.missing] == ["table external_agent_limits"]
+    assert [o.label for o in status.missing] == ["table external_agent_limits", "column invocation_lineage.metadata"]
 
 
 def test_upgrading_a_first_release_database_creates_just_the_limits_table(settings: Settings) -> None:
@@ -589,14 +594,16 @@ def test_upgrading_a_first_release_database_creates_just_the_limits_table(settin
     assert lines == [
         f"⬆️ Upgrading from revision {FIRST_RELEASE} to {HEAD}",
         "✅ Creating table: external_agent_limits",
+        "✅ Extending table: invocation_lineage (adding metadata column)",
         COMPLETED,
     ]
     assert result.from_revision == FIRST_RELEASE and result.to_revision == HEAD
     after = _snapshot(settings)
     assert set(after) - set(before) == {"external_agent_limits"}
-    assert {table: after[table] for table in before if table != "alembic_version"} == {
-        table: shape for table, shape in before.items() if table != "alembic_version"
-    }
+    unchanged = set(before) - {"alembic_version", "invocation_lineage"}
+    assert {table: after[table] for table in unchanged} == {table: before[table] for table in unchanged}
+    assert after["invocation_lineage"][0][:-1] == before["invocation_lineage"][0]
+    assert after["invocation_lineage"][0][-1][0] == "metadata"
     with _connect(settings) as connection:
         assert connection.execute(sa.text("SELECT name FROM external_agents")).scalars().all() == ["kept"]
     assert migrate.status(settings).state == "applied"
@@ -642,12 +649,103 @@ def test_a_first_release_database_missing_one_of_its_own_indexes_is_partial_and_
     assert migrate.status(settings).state == "applied"
 
 
+def _limits_release_database(settings: Settings) -> None:
+    """A database as revision 0002 left it: no lineage metadata column, one invocation recorded."""
+    _upgrade(settings)
+    _execute(
+        settings,
+        "ALTER TABLE invocation_lineage DROP COLUMN metadata",
+        f"UPDATE alembic_version SET version_num = '{LIMITS}'",
+        "INSERT INTO invocation_lineage (id, organization_id, trace_id, status) "
+        "VALUES ('i-1', 'org-a', 'trc-1', 'success')",
+    )
+
+
+def _lineage_columns(settings: Settings) -> list[str]:
+    with _connect(settings) as connection:
+        return [c["name"] for c in sa.inspect(connection).get_columns("invocation_lineage")]
+
+
+def test_a_limits_release_database_is_outdated_with_only_the_metadata_column_missing(settings: Settings) -> None:
+    _limits_release_database(settings)
+
+    status = migrate.status(settings)
+
+    assert status.state == "outdated"
+    assert status.current_revision == LIMITS and status.head_revision == HEAD
+    assert [o.label for o in status.missing] == ["column invocation_lineage.metadata"]
+
+
+def test_upgrading_a_limits_release_database_adds_the_metadata_column_and_keeps_rows(settings: Settings) -> None:
+    _limits_release_database(settings)
+
+    _, lines = _upgrade(settings)
+
+    assert lines == [
+        f"⬆️ Upgrading from revision {LIMITS} to {HEAD}",
+        "✅ Extending table: invocation_lineage (adding metadata column)",
+        COMPLETED,
+    ]
+    assert _lineage_columns(settings)[-1] == "metadata"
+    with _connect(settings) as connection:
+        rows = connection.execute(sa.text("SELECT id, metadata FROM invocation_lineage")).all()
+    assert [tuple(row) for row in rows] == [("i-1", None)]
+    assert migrate.status(settings).state == "applied"
+
+
+def test_downgrading_the_metadata_revision_removes_just_the_column(settings: Settings) -> None:
+    from alembic import command
+
+    _upgrade(settings)
+    before = _snapshot(settings)
+    lines: list[str] = []
+
+    with migrate._transaction(settings, changes=True) as connection:
+        command.downgrade(migrate._config(connection, lines.append), LIMITS)
+
+    assert lines == ["✅ Dropping column: invocation_lineage.metadata"]
+    after = _snapshot(settings)
+    assert "metadata" not in _lineage_columns(settings)
+    assert {t: s for t, s in after.items() if t not in ("invocation_lineage", "alembic_version")} == {
+        t: s for t, s in before.items() if t not in ("invocation_lineage", "alembic_version")
+    }
+    assert migrate.status(settings).state == "outdated"
+
+
+def test_rollback_drops_the_metadata_column_before_the_tables(settings: Settings) -> None:
+    _upgrade(settings)
+
+    _, lines = _rollback(settings)
+
+    assert lines[0] == "✅ Dropping column: invocation_lineage.metadata"
+    assert "✅ Dropping table: invocation_lineage" in lines
+    assert migrate.status(settings).state == "not_applied"
+
+
+@pytest.mark.postgres
+def test_the_metadata_column_is_exact_json_like_input_and_output(pg_settings: Settings) -> None:
+    migrate.upgrade(pg_settings, report=lambda _line: None)
+
+    with _connect(pg_settings) as connection:
+        types = dict(
+            connection.execute(
+                sa.text(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_name = 'invocation_lineage' AND column_name IN ('input', 'output', 'metadata')"
+                )
+            ).all()
+        )
+    assert types == {"input": "json", "output": "json", "metadata": "json"}
+
+
 def test_each_revision_owns_its_own_objects() -> None:
     revisions = {o.label: o.revision for o in schema_objects()}
 
-    assert revisions["table external_agent_limits"] == HEAD
-    assert {label for label, revision in revisions.items() if revision == HEAD} == {"table external_agent_limits"}
-    assert schema_objects(FIRST_RELEASE) + schema_objects(HEAD) == schema_objects()
+    assert {label for label, revision in revisions.items() if revision == LIMITS} == {"table external_agent_limits"}
+    assert {label for label, revision in revisions.items() if revision == HEAD} == {
+        "column invocation_lineage.metadata"
+    }
+    assert schema_objects(FIRST_RELEASE) + schema_objects(LIMITS) + schema_objects(HEAD) == schema_objects()
 
 
 def test_rollback_owns_everything_but_the_billing_usage_table() -> None:

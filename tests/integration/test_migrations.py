@@ -655,7 +655,7 @@ def _limits_release_database(settings: Settings) -> None:
     _execute(
         settings,
         "ALTER TABLE invocation_lineage DROP COLUMN metadata",
-        f"UPDATE alembic_version SET version_num = '{LIMITS}'",
+        "UPDATE alembic_version SET version_num = '0002_execution_limits'",
         "INSERT INTO invocation_lineage (id, organization_id, trace_id, status) "
         "VALUES ('i-1', 'org-a', 'trc-1', 'success')",
     )

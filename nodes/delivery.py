@@ -136,4 +136,4 @@ class DeliverInvocationNode(InvocationStepNode):
             outcome = delivered(result)
         except PlatformError as exc:
             outcome = delivery_failed(exc)
-        return invocation.with_events(credentials_event(invocation), delivery=outcome)
+        return invocation.updated(credentials_event(invocation), delivery=outcome)

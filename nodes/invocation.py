@@ -158,4 +158,4 @@ class LoadInvocationAgentNode(InvocationStepNode):
         )
         if row is None:
             raise NotFoundError(f"External agent '{invocation.agent_id}' not found")
-        return invocation.with_events(agent=AgentSnapshot.from_row(row))
+        return invocation.updated(agent=AgentSnapshot.from_row(row))

@@ -78,7 +78,7 @@ class AgentSnapshot:
         )
 
     def to_json(self) -> dict[str, Any]:
-        data = {name: getattr(self, name) for name in _AGENT_FIELDS}
+        data = dict(self.__dict__)
         sealed = self.sealed_credentials
         data["sealed_credentials"] = base64.b64encode(sealed).decode() if sealed is not None else None
         return data
@@ -208,6 +208,27 @@ def result_from_json(data: dict[str, Any]) -> Result:
     return _RESULT_TYPES[kind](**data)
 
 
+def _rate_limit_json(decision: RateLimitDecision | None) -> dict[str, Any] | None:
+    if decision is None:
+        return None
+    return {
+        "allowed": decision.allowed,
+        "limit": decision.limit,
+        "remaining": decision.remaining,
+        "reset_at": decision.reset_at,
+        "retry_after_seconds": decision.retry_after_seconds,
+        "current_usage": decision.current_usage,
+        "exceeded_window": decision.exceeded_window,
+        "backend": decision.backend,
+    }
+
+
+def _budget_json(status: BudgetStatus | None) -> dict[str, Any] | None:
+    if status is None:
+        return None
+    return {"usage": status.usage, "warning": status.warning, "degraded": status.degraded}
+
+
 def status_of(result: Result) -> Literal["denied", "success", "failure", "timeout"]:
     """The lineage status a result is recorded with."""
     if isinstance(result, Delivered):
@@ -249,27 +270,36 @@ class Invocation:
             raise RuntimeError("the invocation's agent is not loaded (LoadInvocationAgentNode runs first)")
         return self.agent
 
-    def with_events(self, *events: AuditEvent, **changes: Any) -> Invocation:
+    def updated(self, *events: AuditEvent, **changes: Any) -> Invocation:
         """A copy with `events` appended to its audit events and `changes` applied."""
         return replace(self, audit_events=(*self.audit_events, *events), **changes)
 
     def to_json(self) -> dict[str, Any]:
+        # Field by field rather than `asdict`, which deep-copies every nested dict: this runs at every step,
+        # on the governance decision's measured path.
+        request = self.request
         return {
             "invocation_id": self.invocation_id,
             "trace_id": self.trace_id,
-            "caller": asdict(self.caller),
+            "caller": {"api_key_id": self.caller.api_key_id, "organization_id": self.caller.organization_id},
             "agent_id": self.agent_id,
             "identity": self.identity.to_json(),
-            "request": asdict(self.request),
+            "request": {
+                "input": request.input,
+                "context": request.context,
+                "metadata": request.metadata,
+                "body_received": request.body_received,
+                "workflow_id": request.workflow_id,
+            },
             "request_timestamp": self.request_timestamp.isoformat(),
             "started": self.started,
             "agent": self.agent.to_json() if self.agent is not None else None,
-            "rate_limit": self.rate_limit.to_dict() if self.rate_limit is not None else None,
+            "rate_limit": _rate_limit_json(self.rate_limit),
             "reservation": self.reservation.to_dict() if self.reservation is not None else None,
-            "budget": asdict(self.budget) if self.budget is not None else None,
+            "budget": _budget_json(self.budget),
             "denial": result_to_json(self.denial) if self.denial is not None else None,
             "delivery": result_to_json(self.delivery) if self.delivery is not None else None,
-            "audit_events": [asdict(event) for event in self.audit_events],
+            "audit_events": [{"event_type": e.event_type, "details": e.details} for e in self.audit_events],
         }
 
     @classmethod
@@ -327,8 +357,8 @@ class InvocationOutcome:
             "result": result_to_json(self.result),
             "cost_usd": self.cost_usd,
             "duration_ms": self.duration_ms,
-            "rate_limit": self.rate_limit.to_dict() if self.rate_limit is not None else None,
-            "budget": asdict(self.budget) if self.budget is not None else None,
+            "rate_limit": _rate_limit_json(self.rate_limit),
+            "budget": _budget_json(self.budget),
         }
 
     @classmethod

@@ -65,9 +65,9 @@ def apply_reservation(
 ) -> Invocation:
     """The invocation with its reservation and budget standing, or denied by the refusal."""
     if isinstance(outcome, BudgetRefusal):
-        return invocation.with_events(denial=BudgetExceeded(refusal=outcome))
+        return invocation.updated(denial=BudgetExceeded(refusal=outcome))
     status = budget_status(outcome, limits=limits, thresholds=thresholds)
-    return invocation.with_events(reservation=outcome, budget=status)
+    return invocation.updated(reservation=outcome, budget=status)
 
 
 @register_node()
@@ -94,4 +94,4 @@ class BudgetReserveNode(InvocationStepNode):
             for kind in crossed(invocation.budget)
             if await claim_alert(engine, agent_id=agent.id, now=now, kind=kind)
         ]
-        return invocation.with_events(*events)
+        return invocation.updated(*events)

@@ -56,7 +56,7 @@ def check_policy(
     denial = PolicyDenied(
         reason=decision.reason, policy_id=decision.policy_id, matched_policies=tuple(decision.matched_policies)
     )
-    return invocation.with_events(denial=denial)
+    return invocation.updated(denial=denial)
 
 
 @register_node()

@@ -31,8 +31,8 @@ def limits_of(agent: AgentSnapshot) -> RateLimits:
 def apply_rate_limit(invocation: Invocation, decision: RateLimitDecision) -> Invocation:
     """The invocation with the limiter's decision, denied if it was refused (and nothing denied it before)."""
     if decision.allowed or invocation.denied:
-        return invocation.with_events(rate_limit=decision)
-    return invocation.with_events(rate_limit=decision, denial=RateLimited(decision=decision))
+        return invocation.updated(rate_limit=decision)
+    return invocation.updated(rate_limit=decision, denial=RateLimited(decision=decision))
 
 
 @register_node()

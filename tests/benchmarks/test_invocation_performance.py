@@ -82,7 +82,8 @@ async def test_governance_decision_through_the_workflow(stack, capsys, tmp_path)
     import external_agents.nodes.governance.policy_check
     import external_agents.nodes.governance.rate_limit
     from external_agents.app_state import build_state
-    from external_agents.nodes.invocation import agent_view, prepare_invocation
+    from external_agents.nodes.invocation import prepare_invocation
+    from external_agents.nodes.invocation_state import AgentSnapshot
     from external_agents.settings import load_settings
     from external_agents.stores.agents import get_agent
 
@@ -108,7 +109,7 @@ async def test_governance_decision_through_the_workflow(stack, capsys, tmp_path)
         identity=identity,
         body={"input": "x"},
     )
-    invocation["agent"] = agent_view(row)
+    invocation = invocation.updated(agent=AgentSnapshot.from_row(row))
     for policy in range(10):
         await state.runner.run(
             state.policies.create,
@@ -148,13 +149,13 @@ async def test_governance_decision_through_the_workflow(stack, capsys, tmp_path)
     workflow = builder.build(name="governance_decision")
 
     async def through_workflow() -> None:
-        results = await state.runner.run(workflow, {"policy": {"invocation": invocation}})
+        results = await state.runner.run(workflow, {"policy": {"invocation": invocation.to_json()}})
         assert results["budget"]["invocation"]["denial"] is None
 
     from external_agents.nodes.governance.rate_limit import limits_of
 
     connection = await asyncpg.connect(BENCH_DB)
-    limits = limits_of(invocation["agent"])
+    limits = limits_of(invocation.loaded_agent)
     counter_day = f"{agent_id}|day|{time.strftime('%Y-%m-%d', time.gmtime())}"
 
     async def direct_calls() -> None:

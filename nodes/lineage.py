@@ -359,12 +359,12 @@ def openlineage_events(row: Mapping[str, Any]) -> list[Any]:
     """A START event and, once the invocation ended, a COMPLETE (success) or FAIL event, as client types.
 
     Personal fields and payloads stay out: a lineage tool needs what ran, when and how it ended, not who
-    asked what. The caller's own `metadata` for the invocation goes in as its JSON text (facet
-    `externalAgentsMetadata`), because the client's serialiser drops nulls inside objects. A pending invocation
-    has not ended, so it has only its START.
+    asked what. The caller's own `metadata` for the invocation goes in as a tag holding its JSON text, exactly
+    as stored (the client's serialiser would drop nulls inside an object facet). A pending invocation has not
+    ended, so it has only its START.
     """
     from openlineage.client.event_v2 import Job, Run, RunEvent, RunState
-    from openlineage.client.facet_v2 import RunFacet, error_message_run, parent_run, tags_run
+    from openlineage.client.facet_v2 import error_message_run, parent_run, tags_run
 
     run_id = _run_id(row["id"])
     facets: dict[str, Any] = {
@@ -380,6 +380,7 @@ def openlineage_events(row: Mapping[str, Any]) -> list[Any]:
                     ("external_agent_id", "external_agent_id"),
                     ("cost_usd", "cost_usd"),
                     ("duration_ms", "duration_ms"),
+                    ("metadata", "metadata"),
                 )
                 if row[column] is not None
             ],
@@ -393,10 +394,6 @@ def openlineage_events(row: Mapping[str, Any]) -> list[Any]:
             run=parent_run.Run(runId=str(uuid.uuid5(_RUN_ID_NAMESPACE, session_key))),
             job=parent_run.Job(namespace=OPENLINEAGE_NAMESPACE, name=system),
             producer=OPENLINEAGE_PRODUCER,
-        )
-    if row["metadata"] is not None:
-        facets["externalAgentsMetadata"] = RunFacet(producer=OPENLINEAGE_PRODUCER).with_additional_properties(
-            metadata=row["metadata"]
         )
     job = Job(
         namespace=OPENLINEAGE_NAMESPACE,

@@ -217,6 +217,7 @@ async def test_get_returns_the_full_record_with_identity_layers_grouped(client, 
         "webhook_attempts": None,
         "input": {"text": "hello"},
         "output": {"text": "hi there"},
+        "metadata": None,
     }
 
 

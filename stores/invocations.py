@@ -52,6 +52,9 @@ def _lineage_insert() -> sa.Insert:
 
 
 LINEAGE_INSERT = _lineage_insert()
+# Columns a later migration revision added: a record made before it (a journal file an older release wrote)
+# has no value for them, and the insert binds every column.
+LATER_LINEAGE_COLUMNS = {column.name: None for column in lineage.c if "revision" in column.info}
 BILLING_INSERT = billing.insert()
 
 
@@ -123,7 +126,7 @@ async def record_invocation(
 
 async def _record_once(engine: AsyncEngine, record: InvocationRecord) -> None:
     async with engine.begin() as connection:
-        await connection.execute(LINEAGE_INSERT, record.lineage_row)
+        await connection.execute(LINEAGE_INSERT, {**LATER_LINEAGE_COLUMNS, **record.lineage_row})
         if record.billing_row is not None:
             await connection.execute(BILLING_INSERT, record.billing_row)
         if record.reservation is not None:

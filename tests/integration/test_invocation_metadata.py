@@ -9,13 +9,21 @@ from __future__ import annotations
 import csv
 import io
 import json
+import uuid
 from typing import Any
 
+import sqlalchemy as sa
+
+from external_agents.models import TABLES
+from external_agents.stores.audit import audit_row
+from external_agents.stores.invocations import replay_unrecorded
+from external_agents.stores.unrecorded import InvocationRecord, UnrecordedJournal
 from tests.integration.test_cli import SEED_IDENTITY as CLI_IDENTITY
 from tests.integration.test_cli import cli, cli_env, ok_json
 from tests.integration.test_invoke_api import invoke, register
 from tests.integration.test_mcp import SEED_IDENTITY as MCP_IDENTITY
 from tests.integration.test_mcp import call, mcp_client
+from tests.integration.test_unrecorded_invocations import rows_for
 from tests.platform_server import ScriptedResponse
 
 METADATA: dict[str, Any] = {
@@ -116,3 +124,29 @@ async def test_cli_invoke_keeps_metadata(gateway, org, client, platform_server):
         )
     )
     assert_exact(await lineage_metadata(client, org, invoked["invocation_id"]))
+
+
+async def test_a_journal_file_written_before_metadata_was_kept_is_still_replayed(gateway, tmp_path):
+    """A record an older release left in the journal has no `metadata`: it is written with none."""
+    engine = gateway.external_agents.engine
+    journal = UnrecordedJournal(tmp_path / "unrecorded")
+    agent_id, invocation_id = str(uuid.uuid4()), str(uuid.uuid4())
+    old = rows_for(agent_id, invocation_id)
+    assert "metadata" not in old["lineage_row"]
+    journal.keep(
+        InvocationRecord(
+            lineage_row=old["lineage_row"],
+            billing_row=old["billing_row"],
+            reservation=None,
+            actual_micros=None,
+            audit_rows=[audit_row(**event) for event in old["audit_events"]],
+        )
+    )
+
+    report = await replay_unrecorded(engine, journal)
+
+    assert (report.recorded, report.refused) == (1, 0)
+    lineage = TABLES["invocation_lineage"]
+    async with engine.connect() as connection:
+        stored = (await connection.execute(sa.select(lineage.c.metadata).where(lineage.c.id == invocation_id))).one()
+    assert stored.metadata is None

@@ -6,7 +6,7 @@ and the limiter produce (`Reservation`, `RateLimitDecision`, `BudgetRefusal`) ar
 credentials stay sealed bytes until the delivery step opens them, and timestamps stay datetimes.
 
 Kailash requires a node's outputs to be JSON, so every type here has `to_json`/`from_json`; the only caller
-of those at a node boundary is `nodes.pipeline.InvocationPipelineNode`.
+of those at a node boundary is `nodes.invocation_step` (the base of the pipeline's nodes).
 
 How an invocation ends is a typed result: `PolicyDenied`, `RateLimited` or `BudgetExceeded` (the denials),
 `Delivered` or `DeliveryFailed`. None of them carries an HTTP status: the channels choose that.

@@ -5,11 +5,11 @@ Kailash passes only JSON between nodes. `InvocationStepNode` takes the `invocati
 only conversions between the two at a node boundary.
 
 A denial ends the pipeline's work but not the graph: the record step must still write it to lineage and the
-rate-limit step still reports the agent's standing for the response headers. Rather than Kailash's
-conditional routing (a SwitchNode before each step, which costs a node execution per step on every allowed
-call and needs a merge before the record step; measured in the closing note of issue 10), a step that has
-nothing to do after a denial says so with `runs_after_denial = False`, and this base passes the invocation on
-unread.
+rate-limit step still reports the agent's standing for the response headers. Kailash's conditional routing
+(a SwitchNode under `skip_branches` after each deciding step, its deny branch joined to the record step)
+costs a node execution per switch on every allowed call: measured on AsyncLocalRuntime, a four-step chain
+took a median 0.27 ms with the early return below and 0.55 ms with two SwitchNodes. So a step that has nothing
+to do after a denial says so with `runs_after_denial = False`, and this base passes the invocation on unread.
 """
 
 from __future__ import annotations

@@ -54,7 +54,15 @@ class Identity:
         return next((h.header for h in IDENTITY_HEADERS if h.required and getattr(self, h.field) is None), None)
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.fields(), "external_context": self.external_context}
+        return {
+            "external_user_id": self.external_user_id,
+            "external_user_email": self.external_user_email,
+            "external_system": self.external_system,
+            "external_session_id": self.external_session_id,
+            "external_user_name": self.external_user_name,
+            "external_trace_id": self.external_trace_id,
+            "external_context": self.external_context,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Identity:

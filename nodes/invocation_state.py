@@ -223,6 +223,21 @@ def _rate_limit_json(decision: RateLimitDecision | None) -> dict[str, Any] | Non
     }
 
 
+def _reservation_json(reservation: Reservation | None) -> dict[str, Any] | None:
+    if reservation is None:
+        return None
+    return {
+        "agent_id": reservation.agent_id,
+        "amount_micros": reservation.amount_micros,
+        "day_id": reservation.day_id,
+        "month_id": reservation.month_id,
+        "day_spent_micros": reservation.day_spent_micros,
+        "month_spent_micros": reservation.month_spent_micros,
+        "day_executions": reservation.day_executions,
+        "month_executions": reservation.month_executions,
+    }
+
+
 def _budget_json(status: BudgetStatus | None) -> dict[str, Any] | None:
     if status is None:
         return None
@@ -295,7 +310,7 @@ class Invocation:
             "started": self.started,
             "agent": self.agent.to_json() if self.agent is not None else None,
             "rate_limit": _rate_limit_json(self.rate_limit),
-            "reservation": self.reservation.to_dict() if self.reservation is not None else None,
+            "reservation": _reservation_json(self.reservation),
             "budget": _budget_json(self.budget),
             "denial": result_to_json(self.denial) if self.denial is not None else None,
             "delivery": result_to_json(self.delivery) if self.delivery is not None else None,
@@ -317,7 +332,7 @@ class Invocation:
             started=data["started"],
             agent=AgentSnapshot.from_json(agent) if agent is not None else None,
             rate_limit=RateLimitDecision(**rate_limit) if rate_limit is not None else None,
-            reservation=Reservation.from_dict(reservation) if reservation is not None else None,
+            reservation=Reservation(**reservation) if reservation is not None else None,
             budget=BudgetStatus(**budget) if budget is not None else None,
             denial=result_from_json(denial) if denial is not None else None,  # type: ignore[arg-type]
             delivery=result_from_json(delivery) if delivery is not None else None,  # type: ignore[arg-type]

@@ -60,6 +60,29 @@ class InvocationStepNode(ExternalAgentNode):
     def get_parameters(self) -> dict[str, NodeParameter]:
         return {**self.dependencies(), "invocation": invocation_input()}
 
+    def get_output_schema(self) -> dict[str, NodeParameter]:
+        return {
+            INVOCATION_OUTPUT: NodeParameter(
+                name=INVOCATION_OUTPUT,
+                type=dict,
+                required=False,
+                description="The invocation after this step: `Invocation.to_json()`.",
+            ),
+            OUTCOME_OUTPUT: NodeParameter(
+                name=OUTCOME_OUTPUT,
+                type=dict,
+                required=False,
+                description="How the invocation ended, from the recording step: `InvocationOutcome.to_json()`.",
+            ),
+        }
+
+    def validate_outputs(self, outputs: dict[str, Any]) -> dict[str, Any]:
+        # `emit` builds the outputs with `to_json`, from values that arrived as JSON, so they are JSON by
+        # construction (tests/unit/test_invocation_state.py sends every field through json). Kailash's own check
+        # serialises the whole invocation again at every step: 13 us a step measured, as much as the typed
+        # conversion itself, on the governance decision's path.
+        return outputs
+
     async def async_run(self, **kw: Any) -> dict[str, Any]:
         data = kw.pop("invocation")
         if data["denial"] is not None and not self.runs_after_denial:

@@ -20,8 +20,8 @@ from kailash.workflow import Workflow
 
 from external_agents.errors import ExternalAgentsError, ForbiddenError, NotFoundError, ValidationError
 from external_agents.gateway.metrics import run_and_record
-from external_agents.nodes.invocation_state import InvocationOutcome
 from external_agents.lineage_filters import FILTER_NAMES, GRAPH_SELECTORS
+from external_agents.nodes.invocation_state import InvocationOutcome
 from external_agents.nodes.lineage import export_chunks
 from external_agents.stores.api_keys import Caller
 from external_agents.workflows.lineage import (

@@ -1,4 +1,5 @@
-"""What tests build: settings, databases, organisations with API keys, identity headers and agents.
+"""What tests build: settings, databases, organisations with API keys, identity headers, agents, and typed
+invocations for the pipeline's plain functions.
 
 One home for the builders every suite shares, so a test module imports them from here rather than from
 conftest.py (which holds only fixtures) or from another test module. TEST_POSTGRES_URL and TEST_REDIS_URL
@@ -13,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -20,8 +22,12 @@ import psycopg2
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from external_agents.nodes.governance.rate_limiter import RateLimitDecision
+from external_agents.nodes.invocation import prepare_invocation
+from external_agents.nodes.invocation_state import AgentSnapshot, Invocation
 from external_agents.settings import Settings, load_settings
 from external_agents.stores.api_keys import create_api_key
+from external_agents.stores.budgets import BudgetRefusal, Reservation
 
 TEST_POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/external_agents_test")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -196,3 +202,82 @@ async def rows(gateway: Any, sql: str, **params: Any) -> list[dict[str, Any]]:
     """The rows a SQL query returns from the gateway's database."""
     async with gateway.external_agents.engine.connect() as connection:
         return [dict(r._mapping) for r in (await connection.execute(sa.text(sql), params)).all()]
+
+
+# Invoke metadata that must come back exactly: SQL-looking text, a template, nulls, 1.0, 1e308, an empty object.
+INVOKE_METADATA: dict[str, Any] = {
+    "ticket": "please delete from my calendar -- ${agent_id} 😀",
+    "nested": {"list": [1, 2.5, None, True], "one": 1.0, "big": 1e308, "empty": {}},
+}
+
+
+def assert_exact_metadata(found: Any) -> None:
+    assert found == INVOKE_METADATA
+    # 1.0 stays a float: == alone would accept the integer 1.
+    assert isinstance(found["nested"]["one"], float)
+
+
+# Typed invocations, built without a runtime or a database.
+INVOCATION_IDENTITY = {
+    "external_user_id": "user-42",
+    "external_user_email": "user@example.com",
+    "external_system": "crm",
+    "external_session_id": "session-1",
+}
+INVOCATION_STARTED = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+# A refusal of the per-minute window, a reservation at 90% of the month, a refusal of the daily budget.
+DECISION = RateLimitDecision(
+    allowed=False,
+    limit=10,
+    remaining=0,
+    reset_at=1_765_000_000.25,
+    retry_after_seconds=12,
+    current_usage={"minute": 10, "hour": 10, "day": 10},
+    exceeded_window="minute",
+    backend="redis",
+)
+RESERVATION = Reservation(
+    agent_id="agent-1",
+    amount_micros=50_000,
+    day_id="agent-1|day|2026-12-01",
+    month_id="agent-1|month|2026-12",
+    day_spent_micros=50_000,
+    month_spent_micros=9_000_000,
+    day_executions=1,
+    month_executions=90,
+)
+REFUSAL = BudgetRefusal(
+    period="daily", limit_micros=1_000_000, spent_micros=990_000, remaining_micros=10_000, reason="cost"
+)
+
+
+def agent_snapshot(**overrides: Any) -> AgentSnapshot:
+    fields: dict[str, Any] = {
+        "id": "agent-1",
+        "name": "Support Bot",
+        "platform": "custom_http",
+        "platform_config": {"url": "https://platform.example/hook"},
+        "auth_config": {"auth_type": "bearer_token"},
+        "sealed_credentials": None,
+        "cost_per_execution": 0.05,
+        "max_daily_cost": 1.0,
+        "max_monthly_cost": 10.0,
+        "requests_per_minute": 10,
+        "requests_per_hour": 100,
+        "requests_per_day": 1000,
+        "daily_execution_limit": None,
+        "monthly_execution_limit": None,
+    }
+    return AgentSnapshot(**{**fields, **overrides})
+
+
+def invocation(*, body: Any = None, agent: AgentSnapshot | None = None, **identity: Any) -> Invocation:
+    """An invocation as LoadInvocationAgentNode leaves it: prepared, agent loaded, no step run yet."""
+    prepared = prepare_invocation(
+        caller={"api_key_id": "key-1", "organization_id": "org-1"},
+        agent_id="agent-1",
+        identity={**INVOCATION_IDENTITY, **identity},
+        body={"input": {"q": "hello"}, "metadata": {"ticket": 7}} if body is None else body,
+        now=INVOCATION_STARTED,
+    )
+    return prepared.updated(agent=agent or agent_snapshot())

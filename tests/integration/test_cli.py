@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from external_agents.channels.cli import app
-from tests.factories import TEST_FERNET_KEY, new_org, register, rows
+from tests.factories import INVOKE_METADATA, TEST_FERNET_KEY, assert_exact_metadata, new_org, register, rows
 from tests.platform_server import ScriptedResponse
 from tests.process_servers import BENCH_API_KEY, ROOT, app_env, app_server
 
@@ -436,3 +436,25 @@ def test_remote_client_sends_the_identity_headers_rest_reads():
     # Both channels take the one declaration.
     assert remote_client.IDENTITY_HEADERS is rest_api.IDENTITY_HEADERS is IDENTITY_HEADERS
     assert remote_client.CONTEXT_HEADER == rest_api.CONTEXT_HEADER == CONTEXT_HEADER
+
+
+async def test_cli_invoke_keeps_metadata(gateway, org, client, platform_server):
+    platform_server.script("/cli-meta", ScriptedResponse(200, body={"ok": True}))
+    agent = await register(client, org, platform_server, path="/cli-meta", name="cli-meta")
+    invoked = ok_json(
+        await cli(
+            cli_env(gateway),
+            "invoke",
+            agent["id"],
+            "--input",
+            '"x"',
+            "--metadata",
+            json.dumps(INVOKE_METADATA),
+            *SEED_IDENTITY,
+            "--api-key",
+            org.api_key,
+            "--json",
+        )
+    )
+    record = await client.get(f"/api/lineage/{invoked['invocation_id']}", headers=org.headers)
+    assert_exact_metadata(record.json()["metadata"])

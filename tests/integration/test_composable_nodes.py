@@ -32,7 +32,7 @@ from external_agents.nodes.platforms.auth import OAuth2TokenCache
 from external_agents.nodes.platforms.base import DeliveryOptions
 from external_agents.stores.agents import get_agent
 from external_agents.stores.budgets import period_ids
-from tests.integration.test_invoke_api import register, rows
+from tests.factories import register, rows
 from tests.platform_server import ScriptedResponse
 
 

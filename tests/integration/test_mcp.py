@@ -24,7 +24,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.factories import Org, invoke, make_settings, new_org, register, rows
+from tests.factories import INVOKE_METADATA, Org, assert_exact_metadata, invoke, make_settings, new_org, register, rows
 from tests.platform_server import ScriptedResponse
 from tests.process_servers import BENCH_API_KEY, ROOT, app_env, app_server
 
@@ -373,3 +373,14 @@ async def test_stdio_refuses_a_missing_or_invalid_key_in_one_line(tmp_path, api_
     assert done.stdout == ""  # stdout is the protocol's: nothing else may be written there
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("error: ") and message in line
+
+
+async def test_mcp_invoke_keeps_metadata(gateway, org, client, platform_server):
+    platform_server.script("/mcp-meta", ScriptedResponse(200, body={"ok": True}))
+    agent = await register(client, org, platform_server, path="/mcp-meta", name="mcp-meta")
+    async with mcp_client(gateway, org) as mcp:
+        invoked = await call(
+            mcp, "invoke_agent", {"agent_id": agent["id"], "input": "x", "metadata": INVOKE_METADATA, **SEED_IDENTITY}
+        )
+        fetched = await call(mcp, "get_invocation", {"invocation_id": invoked["invocation_id"]})
+    assert_exact_metadata(fetched["metadata"])

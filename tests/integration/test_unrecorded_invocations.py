@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from external_agents.models import TABLES
 from external_agents.money import to_micros
+from external_agents.stores.audit import audit_row
 from external_agents.stores.budgets import BudgetLimits, Reservation, current_spend, reserve
 from external_agents.stores.invocations import (
     REPLAY_INTERVAL_SECONDS,
@@ -26,7 +27,7 @@ from external_agents.stores.invocations import (
     replay_unrecorded,
 )
 from external_agents.stores.lineage import erase_user_lineage
-from external_agents.stores.unrecorded import UnrecordedJournal
+from external_agents.stores.unrecorded import InvocationRecord, UnrecordedJournal
 from tests.clocks import ManualTicker
 from tests.factories import invoke, register, running_app
 
@@ -353,3 +354,27 @@ async def test_the_app_replays_its_journal_when_it_starts(gateway, client, org, 
             await asyncio.sleep(0.02)
 
     assert await select(engine, "SELECT id FROM invocation_lineage WHERE id = :i", i=invocation_id)
+
+
+async def test_a_journal_file_written_before_metadata_was_kept_is_still_replayed(engine, journal):
+    """A record an older release left in the journal has no `metadata`: it is written with none."""
+    agent_id, invocation_id = str(uuid.uuid4()), str(uuid.uuid4())
+    old = rows_for(agent_id, invocation_id)
+    assert "metadata" not in old["lineage_row"]
+    journal.keep(
+        InvocationRecord(
+            lineage_row=old["lineage_row"],
+            billing_row=old["billing_row"],
+            reservation=None,
+            actual_micros=None,
+            audit_rows=[audit_row(**event) for event in old["audit_events"]],
+        )
+    )
+
+    report = await replay_unrecorded(engine, journal)
+
+    assert (report.recorded, report.refused) == (1, 0)
+    lineage = TABLES["invocation_lineage"]
+    async with engine.connect() as connection:
+        stored = (await connection.execute(sa.select(lineage.c.metadata).where(lineage.c.id == invocation_id))).one()
+    assert stored.metadata is None

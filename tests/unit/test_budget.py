@@ -13,7 +13,7 @@ from external_agents.nodes.governance.budget import (
     threshold_event,
 )
 from external_agents.nodes.invocation_state import BudgetExceeded, BudgetStatus
-from tests.invocation_factory import REFUSAL, RESERVATION, agent_snapshot, invocation
+from tests.factories import REFUSAL, RESERVATION, agent_snapshot, invocation
 
 THRESHOLDS = BudgetThresholds(warning=0.8, degradation=0.9)
 LIMITS = budget_limits(agent_snapshot(max_monthly_cost=10.0, max_daily_cost=1.0, monthly_execution_limit=100))

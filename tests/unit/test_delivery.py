@@ -18,7 +18,7 @@ from external_agents.nodes.delivery import (
 )
 from external_agents.nodes.invocation_state import Delivered, DeliveryFailed
 from external_agents.nodes.platforms.base import DeliveryResult
-from tests.invocation_factory import agent_snapshot, invocation
+from tests.factories import agent_snapshot, invocation
 
 CIPHER = CredentialCipher([Fernet.generate_key().decode()])
 SECRETS = {"auth": {"token": "platform-secret"}, "platform": {"signing_secret": "s3"}}

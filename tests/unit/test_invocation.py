@@ -7,7 +7,7 @@ import pytest
 from external_agents.errors import ValidationError
 from external_agents.identity import IDENTITY_HEADERS, Identity
 from external_agents.nodes.invocation import parse_identity, prepare_invocation, require_complete
-from tests.invocation_factory import IDENTITY, STARTED, invocation
+from tests.factories import INVOCATION_IDENTITY, INVOCATION_STARTED, invocation
 
 
 def test_prepare_keeps_the_request_typed_with_metadata_and_merged_context():
@@ -21,7 +21,7 @@ def test_prepare_keeps_the_request_typed_with_metadata_and_merged_context():
     assert prepared.request.context == {"env": "body", "country": "DE", "role": "ops"}
     assert prepared.request.metadata == {"ticket": 7}
     assert prepared.identity.external_context == {"env": "header", "country": "DE"}
-    assert prepared.request_timestamp == STARTED and prepared.trace_id.startswith("trc_")
+    assert prepared.request_timestamp == INVOCATION_STARTED and prepared.trace_id.startswith("trc_")
     assert prepared.caller.organization_id == "org-1" and prepared.denial is None
 
 
@@ -41,7 +41,7 @@ def test_absent_headers_are_none_until_require_complete_names_the_first():
 
 def test_a_missing_body_is_required_after_the_headers():
     prepared = prepare_invocation(
-        caller={"api_key_id": "k", "organization_id": "o"}, agent_id="a", identity=IDENTITY, body=None
+        caller={"api_key_id": "k", "organization_id": "o"}, agent_id="a", identity=INVOCATION_IDENTITY, body=None
     )
 
     assert not prepared.request.body_received
@@ -62,7 +62,7 @@ def test_a_missing_body_is_required_after_the_headers():
 )
 def test_bad_identity_values_are_refused_naming_the_header(field, value, message):
     with pytest.raises(ValidationError, match=message.replace("(", r"\(")):
-        parse_identity({**IDENTITY, field: value})
+        parse_identity({**INVOCATION_IDENTITY, field: value})
 
 
 def test_every_declared_header_fills_its_field():

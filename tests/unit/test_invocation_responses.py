@@ -17,7 +17,7 @@ from external_agents.nodes.invocation_state import (
     RateLimited,
     Result,
 )
-from tests.invocation_factory import DECISION, REFUSAL
+from tests.factories import DECISION, REFUSAL
 
 
 def outcome(result: Result, **overrides) -> InvocationOutcome:

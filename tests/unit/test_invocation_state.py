@@ -22,7 +22,7 @@ from external_agents.nodes.invocation_state import (
     status_of,
 )
 from external_agents.stores.budgets import BudgetRefusal, Reservation
-from tests.invocation_factory import DECISION, REFUSAL, RESERVATION, agent_snapshot, invocation
+from tests.factories import DECISION, REFUSAL, RESERVATION, agent_snapshot, invocation
 
 RESULTS: list[Result] = [
     PolicyDenied(reason="weekdays only", policy_id="p-1", matched_policies=("p-1", "p-2")),

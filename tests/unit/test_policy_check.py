@@ -8,7 +8,7 @@ from external_agents.nodes.governance.policy_check import check_policy, policy_r
 from external_agents.nodes.governance.policy_engine import Policy
 from external_agents.nodes.invocation_state import PolicyDenied
 from external_agents.settings import ConflictResolution, PolicyFailMode
-from tests.invocation_factory import invocation
+from tests.factories import invocation
 
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from external_agents.nodes.governance.rate_limit import apply_rate_limit, limits_of
 from external_agents.nodes.invocation_state import PolicyDenied, RateLimited
-from tests.invocation_factory import DECISION, agent_snapshot, invocation
+from tests.factories import DECISION, agent_snapshot, invocation
 
 ALLOWED = replace(DECISION, allowed=True, remaining=4, retry_after_seconds=None, exceeded_window=None)
 

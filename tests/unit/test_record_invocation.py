@@ -21,7 +21,7 @@ from external_agents.nodes.record_invocation import (
     lineage_row,
     outcome_of,
 )
-from tests.invocation_factory import DECISION, REFUSAL, RESERVATION, STARTED, invocation
+from tests.factories import DECISION, INVOCATION_STARTED, REFUSAL, RESERVATION, invocation
 
 ENDED = datetime(2026, 12, 1, 9, 30, 1, tzinfo=UTC)
 DELIVERED = Delivered(status_code=200, output={"answer": 42}, reported_cost_micros=None, attempts=1)
@@ -53,7 +53,7 @@ def test_a_delivered_invocations_lineage_row_keeps_identity_request_metadata_and
     assert (row["input"], row["output"], row["metadata"]) == ({"q": "hello"}, {"answer": 42}, {"ticket": 7})
     assert (row["status"], row["webhook_delivery_status"], row["webhook_attempts"]) == ("success", "delivered", 1)
     assert (row["cost_usd"], row["denial_reason"]) == (0.05, None)
-    assert (row["request_timestamp"], row["response_timestamp"]) == (STARTED, ENDED)
+    assert (row["request_timestamp"], row["response_timestamp"]) == (INVOCATION_STARTED, ENDED)
 
 
 @pytest.mark.parametrize(

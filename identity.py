@@ -33,7 +33,7 @@ CONTEXT_HEADER = "X-External-Context"
 MAX_IDENTITY_LENGTH = 255
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Identity:
     """Who the invocation is for, as the headers said; a field that was not sent is None."""
 

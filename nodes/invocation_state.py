@@ -29,7 +29,7 @@ from external_agents.nodes.governance.rate_limiter import RateLimitDecision
 from external_agents.stores.budgets import BudgetRefusal, Reservation
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class InvocationCaller:
     """The API key (or operator) that asked for the invocation, and its organisation."""
 
@@ -37,7 +37,7 @@ class InvocationCaller:
     organization_id: str
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class InvocationRequest:
     """What the caller sent: the body's input, context (merged over the context header) and metadata."""
 
@@ -49,7 +49,7 @@ class InvocationRequest:
     workflow_id: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AgentSnapshot:
     """The agent as the invocation found it; its credentials stay sealed (the cipher's token) until delivery."""
 
@@ -78,7 +78,7 @@ class AgentSnapshot:
         )
 
     def to_json(self) -> dict[str, Any]:
-        data = dict(self.__dict__)
+        data = {name: getattr(self, name) for name in _AGENT_FIELDS}
         sealed = self.sealed_credentials
         data["sealed_credentials"] = base64.b64encode(sealed).decode() if sealed is not None else None
         return data
@@ -92,7 +92,7 @@ class AgentSnapshot:
 _AGENT_FIELDS = tuple(AgentSnapshot.__dataclass_fields__)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class BudgetStatus:
     """Where the month's spend stands after the reservation, against the warning and degradation thresholds."""
 
@@ -101,7 +101,7 @@ class BudgetStatus:
     degraded: bool
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AuditEvent:
     """An audit event about the invocation's agent, by the invocation's caller (see `audit_rows`)."""
 
@@ -109,7 +109,7 @@ class AuditEvent:
     details: dict[str, Any]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class PolicyDenied:
     kind: Literal["policy"] = "policy"
     reason: str
@@ -122,7 +122,7 @@ class PolicyDenied:
         return f"Invocation denied by policy: {self.reason}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RateLimited:
     kind: Literal["rate_limit"] = "rate_limit"
     decision: RateLimitDecision
@@ -132,7 +132,7 @@ class RateLimited:
         return f"Rate limit exceeded for this agent ({self.decision.exceeded_window} window)"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class BudgetExceeded:
     kind: Literal["budget"] = "budget"
     refusal: BudgetRefusal
@@ -154,7 +154,7 @@ class BudgetExceeded:
 Denial = PolicyDenied | RateLimited | BudgetExceeded
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Delivered:
     kind: Literal["delivered"] = "delivered"
     # The platform's HTTP status.
@@ -165,7 +165,7 @@ class Delivered:
     attempts: int
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class DeliveryFailed:
     kind: Literal["delivery_failed"] = "delivery_failed"
     timed_out: bool
@@ -253,7 +253,7 @@ def status_of(result: Result) -> Literal["denied", "success", "failure", "timeou
     return "denied"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Invocation:
     """One invocation so far: the request as prepared, then each step's result as the steps run."""
 
@@ -340,7 +340,7 @@ class Invocation:
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class InvocationOutcome:
     """How an invocation ended, as the channels answer it and the metrics count it."""
 

@@ -11,7 +11,8 @@ from datetime import datetime
 from typing import Annotated
 
 from external_agents.models.column_types import BIGINT, BOOLEAN, INTEGER, TIMESTAMPTZ, varchar
-from external_agents.models.registry import PRIMARY_KEY, SERVER_NOW, schema_db
+from external_agents.models.invocation_lineage import CRASH_CONSISTENCY_REVISION
+from external_agents.models.registry import PRIMARY_KEY, SERVER_NOW, Column, schema_db
 
 
 @schema_db.model
@@ -26,3 +27,5 @@ class BudgetCounter:
     warning_sent: Annotated[bool, BOOLEAN]
     degraded_sent: Annotated[bool, BOOLEAN]
     created_at: Annotated[datetime, TIMESTAMPTZ, SERVER_NOW]
+    # Claimed once per period by the instance that sends the cost-overrun alert.
+    overrun_alert_sent: Annotated[bool, BOOLEAN, Column(revision=CRASH_CONSISTENCY_REVISION)] = False

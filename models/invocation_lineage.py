@@ -11,6 +11,10 @@ from external_agents.models.registry import PRIMARY_KEY, SERVER_NOW, Column, Ind
 
 # Added after the first releases (models/migrations/versions/0003_invocation_metadata.py).
 METADATA_REVISION = "0003_invocation_metadata"
+# Added for crash consistency (models/migrations/versions/0004_crash_consistency.py).
+CRASH_CONSISTENCY_REVISION = "0004_crash_consistency"
+# The status of a row written with its budget reservation before delivery and completed after it.
+PENDING = "pending"
 
 
 @schema_db.model
@@ -24,6 +28,12 @@ class InvocationLineage:
         Index("idx_invocation_lineage_trace_id", ("trace_id",), unique=True),
         Index("idx_invocation_lineage_session_id", ("external_session_id",)),
         Index("idx_invocation_lineage_org_timestamp", ("organization_id", "request_timestamp")),
+        # The sweeper's lookup: pending rows whose lease has passed.
+        Index(
+            "idx_invocation_lineage_status_lease",
+            ("status", "lease_expires_at"),
+            revision=CRASH_CONSISTENCY_REVISION,
+        ),
     )
 
     id: Annotated[str, varchar(), PRIMARY_KEY]
@@ -59,5 +69,14 @@ class InvocationLineage:
     webhook_attempts: Annotated[int | None, INTEGER] = None
     request_timestamp: Annotated[datetime, TIMESTAMPTZ, SERVER_NOW]
     response_timestamp: Annotated[datetime | None, TIMESTAMPTZ] = None
-    # The invoke body's free-form `metadata`, kept exactly. Last, where the revision that adds it puts it.
+    # The invoke body's free-form `metadata`, kept exactly. Here and below, the later revisions' columns in the
+    # order their revision adds them (by name), so a migrated table and a fresh one list columns alike.
     metadata: Annotated[dict | None, JSON_EXACT, Column(revision=METADATA_REVISION)] = None
+    # A pending row's owner (the process that reserved and is delivering) and the time after which any
+    # instance's sweeper may settle it as interrupted.
+    instance_id: Annotated[str | None, varchar(), Column(revision=CRASH_CONSISTENCY_REVISION)] = None
+    lease_expires_at: Annotated[datetime | None, TIMESTAMPTZ, Column(revision=CRASH_CONSISTENCY_REVISION)] = None
+    # Why the record differs from the plain case, e.g. "reported cost refused: ...".
+    record_note: Annotated[str | None, TEXT, Column(revision=CRASH_CONSISTENCY_REVISION)] = None
+    # The platform's own reported cost when it differs from what was billed (SPEC §3).
+    reported_cost_usd: Annotated[float | None, DOUBLE, Column(revision=CRASH_CONSISTENCY_REVISION)] = None

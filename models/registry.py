@@ -41,9 +41,13 @@ class Column:
 
 @dataclass(frozen=True)
 class Index:
+    """A named index; `revision` is the migration revision that adds it to a table an earlier revision created
+    (None: the table's own)."""
+
     name: str
     columns: tuple[str, ...]
     unique: bool = False
+    revision: str | None = None
 
 
 PRIMARY_KEY = Column(primary_key=True)
@@ -96,5 +100,6 @@ def build_metadata() -> sa.MetaData:
             info={"revision": getattr(model, "__revision__", FIRST_REVISION)},
         )
         for index in getattr(model, "__indexes__", ()):
-            sa.Index(index.name, *(table.c[c] for c in index.columns), unique=index.unique)
+            info = {"revision": index.revision} if index.revision else {}
+            sa.Index(index.name, *(table.c[c] for c in index.columns), unique=index.unique, info=info)
     return metadata

@@ -1,11 +1,11 @@
 """The schema objects the feature installs, in the order they are created, and which of them exist.
 
 Derived from `METADATA` when called, so nothing here restates a column: every table and index of the models,
-the one column the feature adds to the product's existing `billing_usage` table, and each column a later
-revision adds to one of the feature's tables (`column_revision`). Each object belongs to the revision that
-creates its table (the table's `info["revision"]`), or, for such a column, to the revision that adds it; a
-revision walks its own objects to create (or drop) only what is missing (or present), and `models.migrate`
-uses the whole list to report a half-applied installation.
+the one column the feature adds to the product's existing `billing_usage` table, and each column or index a
+later revision adds to one of the feature's tables (`column_revision`, an index's `info["revision"]`). Each
+object belongs to the revision that creates its table (the table's `info["revision"]`), or, for such a column
+or index, to the revision that adds it; a revision walks its own objects to create (or drop) only what is
+missing (or present), and `models.migrate` uses the whole list to report a half-applied installation.
 """
 
 from __future__ import annotations
@@ -81,8 +81,9 @@ def schema_objects(revision: str | None = None) -> tuple[SchemaObject, ...]:
             index_name = str(index.name)
             key = (1, _SEED_INDEXES.index(index_name), "") if index_name in _SEED_INDEXES else (3, position, index_name)
             owned = name != EXTENDED_TABLE or ADDED_COLUMN in index.columns
+            index_revision = str(index.info.get("revision", made_by))
             ranked.append(
-                (key, SchemaObject(kind=Kind.INDEX, table=name, name=index_name, owned=owned, revision=made_by))
+                (key, SchemaObject(kind=Kind.INDEX, table=name, name=index_name, owned=owned, revision=index_revision))
             )
     # A revision's objects come after its predecessors'; revision ids begin with their sequence number.
     ranked.sort(key=lambda pair: (pair[1].revision, pair[0]))

@@ -29,7 +29,36 @@ from external_agents.models.migrations.objects import Kind, schema_objects
 from external_agents.settings import Settings, load_settings
 
 LIMITS = "0002_execution_limits"
-HEAD = "0003_invocation_metadata"
+METADATA_REVISION = "0003_invocation_metadata"
+HEAD = "0004_crash_consistency"
+
+# What revision 0004 adds, in the order it reports creating it and the order it reports dropping it.
+CRASH_COLUMNS = [
+    ("invocation_lineage", "instance_id"),
+    ("invocation_lineage", "lease_expires_at"),
+    ("invocation_lineage", "record_note"),
+    ("invocation_lineage", "reported_cost_usd"),
+    ("budget_counters", "overrun_alert_sent"),
+]
+CRASH_INDEX = "idx_invocation_lineage_status_lease"
+CRASH_LINES = [
+    *(f"✅ Extending table: {table} (adding {column} column)" for table, column in CRASH_COLUMNS),
+    f"✅ Creating index: {CRASH_INDEX}",
+]
+CRASH_DROP_LINES = [
+    f"✅ Dropping index: {CRASH_INDEX}",
+    *(f"✅ Dropping column: {table}.{column}" for table, column in CRASH_COLUMNS),
+]
+CRASH_LABELS = [
+    *(f"column {table}.{column}" for table, column in CRASH_COLUMNS),
+    f"index {CRASH_INDEX}",
+]
+# SQL that takes a head database back to what revision 0003 left: the index first, SQLite will not drop an
+# indexed column.
+WITHOUT_CRASH_CONSISTENCY = (
+    f"DROP INDEX {CRASH_INDEX}",
+    *(f"ALTER TABLE {table} DROP COLUMN {column}" for table, column in CRASH_COLUMNS),
+)
 
 SEED_LINES_FRESH = [
     "✅ Creating table: external_agents",
@@ -223,6 +252,7 @@ def test_fresh_install_creates_every_table_and_index_with_the_seeds_lines_first(
         {f"✅ Creating table: {name}" for name in METADATA.tables}
         | {f"✅ Creating index: {name}" for name in _all_index_names()}
         | {"✅ Extending table: invocation_lineage (adding metadata column)"}
+        | {line for line in CRASH_LINES if "Extending" in line}
     )
     assert sorted(lines[:-1]) == sorted(expected_steps)
     snapshot = _snapshot(settings)
@@ -567,6 +597,7 @@ def _first_release_database(settings: Settings) -> None:
     _upgrade(settings)
     _execute(
         settings,
+        *WITHOUT_CRASH_CONSISTENCY,
         "DROP TABLE external_agent_limits",
         "ALTER TABLE invocation_lineage DROP COLUMN metadata",
         "UPDATE alembic_version SET version_num = '0001_external_agents'",
@@ -582,7 +613,11 @@ def test_a_first_release_database_is_outdated_with_only_the_limits_table_missing
 
     assert status.state == "outdated"
     assert status.current_revision == FIRST_RELEASE and status.head_revision == HEAD
-    assert [o.label for o in status.missing] == ["table external_agent_limits", "column invocation_lineage.metadata"]
+    assert [o.label for o in status.missing] == [
+        "table external_agent_limits",
+        "column invocation_lineage.metadata",
+        *CRASH_LABELS,
+    ]
 
 
 def test_upgrading_a_first_release_database_creates_just_the_limits_table(settings: Settings) -> None:
@@ -595,15 +630,18 @@ def test_upgrading_a_first_release_database_creates_just_the_limits_table(settin
         f"⬆️ Upgrading from revision {FIRST_RELEASE} to {HEAD}",
         "✅ Creating table: external_agent_limits",
         "✅ Extending table: invocation_lineage (adding metadata column)",
+        *CRASH_LINES,
         COMPLETED,
     ]
     assert result.from_revision == FIRST_RELEASE and result.to_revision == HEAD
     after = _snapshot(settings)
     assert set(after) - set(before) == {"external_agent_limits"}
-    unchanged = set(before) - {"alembic_version", "invocation_lineage"}
+    unchanged = set(before) - {"alembic_version", "invocation_lineage", "budget_counters"}
     assert {table: after[table] for table in unchanged} == {table: before[table] for table in unchanged}
-    assert after["invocation_lineage"][0][:-1] == before["invocation_lineage"][0]
-    assert after["invocation_lineage"][0][-1][0] == "metadata"
+    assert after["invocation_lineage"][0][:-5] == before["invocation_lineage"][0]
+    assert [c[0] for c in after["invocation_lineage"][0][-5:]] == ["metadata"] + [
+        column for table, column in CRASH_COLUMNS if table == "invocation_lineage"
+    ]
     with _connect(settings) as connection:
         assert connection.execute(sa.text("SELECT name FROM external_agents")).scalars().all() == ["kept"]
     assert migrate.status(settings).state == "applied"
@@ -654,6 +692,7 @@ def _limits_release_database(settings: Settings) -> None:
     _upgrade(settings)
     _execute(
         settings,
+        *WITHOUT_CRASH_CONSISTENCY,
         "ALTER TABLE invocation_lineage DROP COLUMN metadata",
         "UPDATE alembic_version SET version_num = '0002_execution_limits'",
         "INSERT INTO invocation_lineage (id, organization_id, trace_id, status) "
@@ -673,7 +712,7 @@ def test_a_limits_release_database_is_outdated_with_only_the_metadata_column_mis
 
     assert status.state == "outdated"
     assert status.current_revision == LIMITS and status.head_revision == HEAD
-    assert [o.label for o in status.missing] == ["column invocation_lineage.metadata"]
+    assert [o.label for o in status.missing] == ["column invocation_lineage.metadata", *CRASH_LABELS]
 
 
 def test_upgrading_a_limits_release_database_adds_the_metadata_column_and_keeps_rows(settings: Settings) -> None:
@@ -684,9 +723,10 @@ def test_upgrading_a_limits_release_database_adds_the_metadata_column_and_keeps_
     assert lines == [
         f"⬆️ Upgrading from revision {LIMITS} to {HEAD}",
         "✅ Extending table: invocation_lineage (adding metadata column)",
+        *CRASH_LINES,
         COMPLETED,
     ]
-    assert _lineage_columns(settings)[-1] == "metadata"
+    assert _lineage_columns(settings)[-5] == "metadata"
     with _connect(settings) as connection:
         rows = connection.execute(sa.text("SELECT id, metadata FROM invocation_lineage")).all()
     assert [tuple(row) for row in rows] == [("i-1", None)]
@@ -703,12 +743,11 @@ def test_downgrading_the_metadata_revision_removes_just_the_column(settings: Set
     with migrate._transaction(settings, changes=True) as connection:
         command.downgrade(migrate._config(connection, lines.append), LIMITS)
 
-    assert lines == ["✅ Dropping column: invocation_lineage.metadata"]
+    assert lines == [*CRASH_DROP_LINES, "✅ Dropping column: invocation_lineage.metadata"]
     after = _snapshot(settings)
     assert "metadata" not in _lineage_columns(settings)
-    assert {t: s for t, s in after.items() if t not in ("invocation_lineage", "alembic_version")} == {
-        t: s for t, s in before.items() if t not in ("invocation_lineage", "alembic_version")
-    }
+    changed = ("invocation_lineage", "budget_counters", "alembic_version")
+    assert {t: s for t, s in after.items() if t not in changed} == {t: s for t, s in before.items() if t not in changed}
     assert migrate.status(settings).state == "outdated"
 
 
@@ -717,7 +756,7 @@ def test_rollback_drops_the_metadata_column_before_the_tables(settings: Settings
 
     _, lines = _rollback(settings)
 
-    assert lines[0] == "✅ Dropping column: invocation_lineage.metadata"
+    assert lines[:7] == [*CRASH_DROP_LINES, "✅ Dropping column: invocation_lineage.metadata"]
     assert "✅ Dropping table: invocation_lineage" in lines
     assert migrate.status(settings).state == "not_applied"
 
@@ -742,10 +781,12 @@ def test_each_revision_owns_its_own_objects() -> None:
     revisions = {o.label: o.revision for o in schema_objects()}
 
     assert {label for label, revision in revisions.items() if revision == LIMITS} == {"table external_agent_limits"}
-    assert {label for label, revision in revisions.items() if revision == HEAD} == {
+    assert {label for label, revision in revisions.items() if revision == METADATA_REVISION} == {
         "column invocation_lineage.metadata"
     }
-    assert schema_objects(FIRST_RELEASE) + schema_objects(LIMITS) + schema_objects(HEAD) == schema_objects()
+    assert [o.label for o in schema_objects(HEAD)] == CRASH_LABELS
+    revisions_in_order = (FIRST_RELEASE, LIMITS, METADATA_REVISION, HEAD)
+    assert tuple(o for r in revisions_in_order for o in schema_objects(r)) == schema_objects()
 
 
 def test_rollback_owns_everything_but_the_billing_usage_table() -> None:
@@ -764,3 +805,83 @@ def test_the_default_report_prints_each_line(tmp_path: Path, capsys: pytest.Capt
     printed = capsys.readouterr().out.splitlines()
     assert printed[:7] == SEED_LINES_FRESH
     assert printed[-1] == COMPLETED
+
+
+def _metadata_release_database(settings: Settings) -> None:
+    """A database as revision 0003 left it: no crash-consistency columns or index, one invocation recorded and
+    one budget counter."""
+    _upgrade(settings)
+    _execute(
+        settings,
+        *WITHOUT_CRASH_CONSISTENCY,
+        "UPDATE alembic_version SET version_num = '0003_invocation_metadata'",
+        "INSERT INTO invocation_lineage (id, organization_id, trace_id, status) "
+        "VALUES ('i-1', 'org-a', 'trc-1', 'success')",
+        "INSERT INTO budget_counters (id, external_agent_id, spent_micros, executions, warning_sent, degraded_sent) "
+        "VALUES ('a-1|day|2026-12-06', 'a-1', 5, 1, false, false)",
+    )
+
+
+def test_a_metadata_release_database_is_outdated_with_only_the_crash_consistency_objects_missing(
+    settings: Settings,
+) -> None:
+    _metadata_release_database(settings)
+
+    status = migrate.status(settings)
+
+    assert status.state == "outdated"
+    assert status.current_revision == METADATA_REVISION and status.head_revision == HEAD
+    assert [o.label for o in status.missing] == CRASH_LABELS
+
+
+def test_upgrading_a_metadata_release_database_adds_the_columns_and_index_and_keeps_rows(settings: Settings) -> None:
+    _metadata_release_database(settings)
+
+    _, lines = _upgrade(settings)
+
+    assert lines == [f"⬆️ Upgrading from revision {METADATA_REVISION} to {HEAD}", *CRASH_LINES, COMPLETED]
+    with _connect(settings) as connection:
+        lineage = connection.execute(
+            sa.text("SELECT id, instance_id, lease_expires_at, reported_cost_usd, record_note FROM invocation_lineage")
+        ).all()
+        counters = connection.execute(sa.text("SELECT id, spent_micros, overrun_alert_sent FROM budget_counters")).all()
+    assert [tuple(row) for row in lineage] == [("i-1", None, None, None, None)]
+    assert [tuple(row) for row in counters] == [("a-1|day|2026-12-06", 5, False)]
+    assert migrate.status(settings).state == "applied"
+
+
+def test_dry_run_of_a_metadata_release_database_prints_only_revision_0004(settings: Settings) -> None:
+    _metadata_release_database(settings)
+    before = _snapshot(settings)
+
+    result, lines = _upgrade(settings, dry_run=True)
+
+    assert result.sql is not None
+    assert "-- Extending table: budget_counters (adding overrun_alert_sent column)" in lines
+    assert "ALTER TABLE invocation_lineage ADD COLUMN lease_expires_at" in result.sql
+    assert f"CREATE INDEX {CRASH_INDEX} ON invocation_lineage (status, lease_expires_at)" in result.sql
+    assert "ADD COLUMN metadata" not in result.sql
+    assert "CREATE TABLE" not in result.sql.replace("CREATE TABLE alembic_version", "")
+    assert _snapshot(settings) == before
+    assert migrate.status(settings).state == "outdated"
+
+
+def test_downgrading_just_the_crash_consistency_revision_removes_its_columns_and_index(settings: Settings) -> None:
+    from alembic import command
+
+    _upgrade(settings)
+    before = _snapshot(settings)
+    lines: list[str] = []
+
+    with migrate._transaction(settings, changes=True) as connection:
+        command.downgrade(migrate._config(connection, lines.append), METADATA_REVISION)
+
+    assert lines == CRASH_DROP_LINES
+    after = _snapshot(settings)
+    assert _lineage_columns(settings)[-1] == "metadata"
+    changed = ("invocation_lineage", "budget_counters", "alembic_version")
+    assert {t: s for t, s in after.items() if t not in changed} == {t: s for t, s in before.items() if t not in changed}
+    assert "overrun_alert_sent" not in [c[0] for c in after["budget_counters"][0]]
+    assert CRASH_INDEX not in [i[0] for i in after["invocation_lineage"][1]]
+    status = migrate.status(settings)
+    assert status.state == "outdated" and status.current_revision == METADATA_REVISION

@@ -6,6 +6,7 @@ Clients are built here and handed to nodes through their config; no module creat
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass, field
 
 import httpx
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from external_agents.credential_cipher import CredentialCipher
 from external_agents.gateway.metrics import GatewayMetrics, MeteredRunner
 from external_agents.nodes.agents import AgentDefaults
-from external_agents.nodes.governance.budget import BudgetThresholds
+from external_agents.nodes.governance.budget import BudgetThresholds, PendingLease, delivery_lease_seconds
 from external_agents.nodes.governance.policy_cache import PolicyCache
 from external_agents.nodes.governance.rate_limiter import (
     FailoverRateLimiter,
@@ -31,6 +32,7 @@ from external_agents.nodes.platforms.base import DeliveryOptions
 from external_agents.settings import Settings
 from external_agents.stores.database import create_engine
 from external_agents.stores.invocations import keep_replaying
+from external_agents.stores.pending import keep_sweeping
 from external_agents.stores.unrecorded import UnrecordedJournal
 from external_agents.workflows.agent_registry import (
     RegistryWorkflows,
@@ -62,6 +64,8 @@ class AppState:
     host_workflows: dict[str, Workflow]
     metrics: GatewayMetrics
     journal: UnrecordedJournal
+    # This process's id on the pending rows it owns, and their lease (stores/pending.py).
+    lease: PendingLease
     background: list[asyncio.Task] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -69,6 +73,7 @@ class AppState:
         self.background.append(
             asyncio.create_task(keep_replaying(self.engine, self.journal), name="unrecorded-invocations-replay")
         )
+        self.background.append(asyncio.create_task(keep_sweeping(self.engine), name="pending-invocations-sweeper"))
 
     async def aclose(self) -> None:
         for task in self.background:
@@ -142,6 +147,8 @@ def build_state(settings: Settings, *, host_workflows: dict[str, Workflow] | Non
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
     )
     journal = UnrecordedJournal(settings.kaizen_data_dir / "unrecorded")
+    # Made once per process: the owner of the pending rows this process writes.
+    lease = PendingLease(instance_id=uuid.uuid4().hex, seconds=delivery_lease_seconds(options))
     thresholds = BudgetThresholds(
         warning=settings.external_agent_budget_warning_threshold,
         degradation=settings.external_agent_budget_degradation_threshold,
@@ -160,6 +167,7 @@ def build_state(settings: Settings, *, host_workflows: dict[str, Workflow] | Non
             token_cache=OAuth2TokenCache(),
             alert_channel_name=settings.external_agent_alert_channel_name,
             journal=journal,
+            lease=lease,
         )
     )
     runner = WorkflowRunner()
@@ -187,4 +195,5 @@ def build_state(settings: Settings, *, host_workflows: dict[str, Workflow] | Non
         host_workflows=host_workflows,
         metrics=metrics,
         journal=journal,
+        lease=lease,
     )

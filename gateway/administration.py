@@ -1,5 +1,6 @@
 """What an operator with database access does without an API key: issue, list and revoke API keys, re-encrypt
-every agent's credentials under a new key, and archive old lineage and billing rows.
+every agent's credentials under a new key, archive old lineage and billing rows, and check (and repair) the
+budget counters against billing and live reservations.
 
 Each is a gateway operation like the caller's ones in `gateway.operations`: it takes the database engine, returns
 a typed result or raises one of `external_agents.errors`, and leaves presenting the result (tables, progress
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from external_agents.credential_cipher import CredentialCipher, CredentialDecryptionError
 from external_agents.errors import ExternalAgentsError, NotFoundError, ValidationError
-from external_agents.stores import api_keys, retention
+from external_agents.stores import api_keys, reconcile, retention
 from external_agents.stores.agents import all_credential_tokens, replace_credential_token
 
 
@@ -153,3 +154,27 @@ async def archive_old_records(
         now=now,
         on_batch=on_batch,
     )
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    checks: list[reconcile.CounterCheck]
+
+    @property
+    def drifted(self) -> list[reconcile.CounterCheck]:
+        return [check for check in self.checks if check.drifted]
+
+    @property
+    def unrepaired(self) -> list[reconcile.CounterCheck]:
+        return [check for check in self.drifted if not check.repaired]
+
+
+async def reconcile_counters(
+    engine: AsyncEngine, *, organization_id: str | None, repair: bool, now: datetime
+) -> ReconcileResult:
+    """Compare each agent's current day and month counters with billing plus live reservations (see
+    stores.reconcile); with `repair`, set every drifted counter to that sum."""
+    if organization_id is not None and not organization_id.strip():
+        raise ValidationError("organization_id must not be empty")
+    checks = await reconcile.check_counters(engine, organization_id=organization_id, now=now, repair=repair)
+    return ReconcileResult(checks)

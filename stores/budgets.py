@@ -13,8 +13,12 @@ in a CTE of the same statement). Left to itself, a two-row UPDATE locks in the r
 changes with every update, and concurrent reservations deadlock: 817 of 2,000 failed with "deadlock
 detected" in a measured 400-way concurrent run without the CTE, none with it.
 
-A period's row is seeded from `billing_usage`, the record of truth, the first time it is needed (or after
-the counters were lost); reservations still in flight at that moment are not in billing and are forgotten.
+An invocation's `pending` lineage row (stores/pending.py) is written with its reservation, in the same
+transaction: on PostgreSQL as one more sub-statement of the reservation's single statement (an INSERT that
+yields its row only when both counters were taken), on SQLite as one more statement in its transaction. So a
+period's counters are always derivable: billed rows in `billing_usage` plus the reservations of pending rows.
+A row is seeded from both, the record of truth, the first time it is needed (or after the counters were
+lost), and `reconcile` checks (and repairs) existing rows against the same sum.
 """
 
 from __future__ import annotations
@@ -31,10 +35,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from external_agents.errors import StorageError
 from external_agents.models import TABLES
+from external_agents.models.invocation_lineage import PENDING
 from external_agents.stores.database import autocommit
+from external_agents.stores.pending import PENDING_INSERT, pending_columns, pending_params, pending_select
 
 counters = TABLES["budget_counters"]
 billing = TABLES["billing_usage"]
+lineage = TABLES["invocation_lineage"]
 
 Period = Literal["daily", "monthly"]
 AlertKind = Literal["warning", "degraded"]
@@ -150,7 +157,9 @@ def _counter_rows(dialect: str, ids: tuple[Any, Any]) -> sa.ColumnElement[bool]:
 
 
 @functools.cache
-def _reserve_statement(dialect: str, daily_executions: bool, monthly_executions: bool) -> sa.Update:
+def _reserve_statement(
+    dialect: str, daily_executions: bool, monthly_executions: bool, with_pending: bool
+) -> sa.Update | sa.Select[Any]:
     # Built once per shape, with bind parameters, so SQLAlchemy's compiled cache and asyncpg's prepared
     # statements are reused on the hot path.
     amount = sa.bindparam("amount", type_=sa.BigInteger)
@@ -184,11 +193,23 @@ def _reserve_statement(dialect: str, daily_executions: bool, monthly_executions:
         )
         fitting = sa.select(sa.func.count()).select_from(locked).where(both(locked.c)).scalar_subquery()
         where = sa.and_(counters.c.id == locked.c.id, fitting == 2)
+        if with_pending:
+            # The pending row rides in the same statement: inserted only when both counter rows were taken,
+            # still one round trip and one implicit transaction.
+            updated = _take(where).cte("updated")
+            taken = sa.select(sa.func.count()).select_from(updated).scalar_subquery() == 2
+            pending = lineage.insert().from_select(pending_columns(), pending_select(taken)).cte("pending")
+            return sa.select(updated.c.id, updated.c.spent_micros, updated.c.executions).add_cte(pending)
     else:
         # SQLite serialises writers with one database lock, taken when the UPDATE starts; the caller's transaction
         # rolls a one-row update back. A statement beginning with WITH would not open the driver's implicit
         # transaction and would commit on its own.
         where = sa.and_(counters.c.id.in_((day_id, month_id)), both(counters.c))
+    return _take(where)
+
+
+def _take(where: sa.ColumnElement[bool]) -> sa.Update:
+    amount = sa.bindparam("amount", type_=sa.BigInteger)
     return (
         counters.update()
         .where(where)
@@ -197,18 +218,39 @@ def _reserve_statement(dialect: str, daily_executions: bool, monthly_executions:
     )
 
 
+def _micros(cost: sa.ColumnElement[float]) -> sa.ColumnElement[int]:
+    # ROUND then CAST: each cost becomes its exact micro-dollar integer before summing, on both databases (a
+    # float sum of 0.1 + 0.2 would not be 0.3).
+    return sa.cast(sa.func.round(sa.func.coalesce(cost, 0.0) * 1_000_000), sa.BigInteger)
+
+
+def derived_sources(agent_id: Any, start: Any, end: Any) -> sa.Subquery:
+    """What an agent's counter for [start, end) must hold, one (micros) row per billed invocation and per
+    live reservation: billing rows, and pending lineage rows (their `cost_usd` is the reservation)."""
+    billed = sa.select(_micros(billing.c.cost_usd).label("micros")).where(
+        billing.c.external_agent_id == agent_id, billing.c.created_at >= start, billing.c.created_at < end
+    )
+    reserved = sa.select(_micros(lineage.c.cost_usd).label("micros")).where(
+        lineage.c.external_agent_id == agent_id,
+        lineage.c.status == PENDING,
+        lineage.c.request_timestamp >= start,
+        lineage.c.request_timestamp < end,
+    )
+    return sa.union_all(billed, reserved).subquery("derived")
+
+
 def _seed_statement(dialect: str, *, row_id: str, agent_id: str, start: datetime, end: datetime) -> sa.Insert:
-    # ROUND then CAST: each billed cost becomes its exact micro-dollar integer before summing, on both databases
-    # (a float sum of 0.1 + 0.2 would not be 0.3).
-    micros = sa.cast(sa.func.round(billing.c.cost_usd * 1_000_000), sa.BigInteger)
+    derived = derived_sources(agent_id, start, end)
     seed = sa.select(
         sa.literal(row_id, sa.String),
         sa.literal(agent_id, sa.String),
-        sa.cast(sa.func.coalesce(sa.func.sum(micros), 0), sa.BigInteger),
+        sa.cast(sa.func.coalesce(sa.func.sum(derived.c.micros), 0), sa.BigInteger),
         sa.cast(sa.func.count(), sa.Integer),
         sa.false(),
         sa.false(),
-    ).where(billing.c.external_agent_id == agent_id, billing.c.created_at >= start, billing.c.created_at < end)
+    ).select_from(derived)
+    # SQLite parses `SELECT ... FROM x ON CONFLICT` as a join's ON; a WHERE in between ends the SELECT.
+    seed = seed.where(sa.true())
     insert = postgresql.insert(counters) if dialect == "postgresql" else sqlite.insert(counters)
     columns = ["id", "external_agent_id", "spent_micros", "executions", "warning_sent", "degraded_sent"]
     # DO NOTHING: when instances seed the same row at once, the first one's row stands.
@@ -250,9 +292,19 @@ def _refusal(
 
 
 async def reserve(
-    engine: AsyncEngine, *, agent_id: str, amount_micros: int, limits: BudgetLimits, now: datetime
+    engine: AsyncEngine,
+    *,
+    agent_id: str,
+    amount_micros: int,
+    limits: BudgetLimits,
+    now: datetime,
+    pending_row: dict[str, Any] | None = None,
 ) -> Reservation | BudgetRefusal:
-    """Take `amount_micros` and one execution from the agent's day and month, or refuse without taking any."""
+    """Take `amount_micros` and one execution from the agent's day and month, or refuse without taking any.
+
+    With `pending_row` (lineage columns by name, stores/pending.py PENDING_COLUMNS), that row is inserted as
+    `pending` in the same transaction, only when the reservation is taken.
+    """
     if amount_micros < 0:
         raise ValueError("amount_micros must not be negative")
     day_id, month_id = period_ids(agent_id, now)
@@ -265,8 +317,12 @@ async def reserve(
         "day_executions": limits.daily_executions,
         "month_executions": limits.monthly_executions,
     }
+    with_pending = pending_row is not None
+    if pending_row is not None:
+        params.update(pending_params(pending_row))
+    dialect = engine.dialect.name
     statement = _reserve_statement(
-        engine.dialect.name, limits.daily_executions is not None, limits.monthly_executions is not None
+        dialect, limits.daily_executions is not None, limits.monthly_executions is not None, with_pending
     )
     # PostgreSQL's statement takes both periods or neither by itself, so it runs without BEGIN and COMMIT round
     # trips (begin() below then sends nothing); SQLite's needs the database transaction around it.
@@ -278,6 +334,8 @@ async def reserve(
                 if len(rows) < 2:
                     # Both periods or neither: a half-taken reservation would leak spend into one of them.
                     await transaction.rollback()
+                elif with_pending and dialect != "postgresql":
+                    await connection.execute(PENDING_INSERT, params)
             if len(rows) == 2:
                 day, month = rows[day_id], rows[month_id]
                 return Reservation(

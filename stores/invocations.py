@@ -1,7 +1,10 @@
 """Writing an invocation's outcome: its lineage row, its billing row and the budget settlement, atomically.
 
 One transaction, so a delivered invocation is always both in lineage and billed (and a crash leaves
-neither), and the budget counters move with the billing rows they summarise. When the database stays
+neither), and the budget counters move with the billing rows they summarise. An invocation that reserved
+already has its lineage row, written `pending` with the reservation (stores/pending.py): recording completes
+that row, and only if it is still pending, so the owner and a sweeper that found its lease passed never
+both settle it. Denials, which never reserved, insert their row whole. When the database stays
 unreachable longer than the retries last, the record waits on local disk (stores/unrecorded.py) and
 `keep_replaying` writes it, the same way, once the database is back.
 """
@@ -17,14 +20,23 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from external_agents.models import TABLES
-from external_agents.stores.audit import audit_row, insert_audit_rows
+from external_agents.models.invocation_lineage import PENDING
+from external_agents.stores.audit import audit_log, audit_row, insert_audit_rows
 from external_agents.stores.budgets import Reservation, release, settle
 from external_agents.stores.database import autocommit, database_unavailable, ping
-from external_agents.stores.lineage import erased, erased_since
+from external_agents.stores.lineage import (
+    ERASURE_EVENT,
+    PERSONAL_JSON_COLUMNS,
+    PERSONAL_TEXT_COLUMNS,
+    REDACTED,
+    email_digest,
+    erased,
+    erased_since,
+)
 from external_agents.stores.unrecorded import InvocationRecord, UnrecordedJournal
 
 logger = logging.getLogger(__name__)
@@ -56,6 +68,71 @@ LINEAGE_INSERT = _lineage_insert()
 # has no value for them, and the insert binds every column.
 LATER_LINEAGE_COLUMNS = {column.name: None for column in lineage.c if "revision" in column.info}
 BILLING_INSERT = billing.insert()
+ERASURE_CLOCK_MARGIN = timedelta(seconds=2)
+
+# What the record step writes into a pending row; the rest was written with the reservation.
+COMPLETION_COLUMNS = (
+    "output",
+    "status",
+    "denial_reason",
+    "cost_usd",
+    "duration_ms",
+    "webhook_delivery_status",
+    "webhook_delivery_error",
+    "webhook_attempts",
+    "response_timestamp",
+    "reported_cost_usd",
+    "record_note",
+)
+
+
+def _completion() -> sa.Update:
+    """The pending row's outcome, only while it is still pending; built once, values as parameters.
+
+    Erasure wins: when the person's lineage was erased after the invocation began (the erasure redacted the
+    pending row, or committed while it was being written), every personal column, the output included, is
+    left (or made) [REDACTED] instead of taking the values this invocation carries.
+    """
+    digest = sa.bindparam("email_digest", type_=sa.String)
+    erased_meanwhile = sa.or_(
+        lineage.c.external_user_email == REDACTED,
+        sa.and_(
+            digest.is_not(None),
+            sa.exists().where(
+                audit_log.c.event_type == ERASURE_EVENT,
+                audit_log.c.organization_id == lineage.c.organization_id,
+                audit_log.c.resource_id == digest,
+                audit_log.c.created_at >= sa.bindparam("erasures_since", type_=audit_log.c.created_at.type),
+            ),
+        ),
+    )
+    values: dict[str, Any] = {name: sa.bindparam(name, type_=lineage.c[name].type) for name in COMPLETION_COLUMNS}
+    values["lease_expires_at"] = None
+    for name in (*PERSONAL_TEXT_COLUMNS, *PERSONAL_JSON_COLUMNS):
+        redacted = sa.literal(REDACTED, lineage.c[name].type)
+        kept = values.get(name, lineage.c[name])
+        values[name] = sa.case((erased_meanwhile, redacted), else_=kept)
+    return (
+        lineage.update()
+        .where(lineage.c.id == sa.bindparam("invocation_id"), lineage.c.status == PENDING)
+        .values(values)
+        .returning(lineage.c.id)
+    )
+
+
+LINEAGE_COMPLETION = _completion()
+
+
+def _completion_params(row: dict[str, Any]) -> dict[str, Any]:
+    email = row.get("external_user_email")
+    params = {name: row.get(name) for name in COMPLETION_COLUMNS}
+    return {
+        **params,
+        "invocation_id": row["id"],
+        "email_digest": email_digest(email) if email else None,
+        # SQLite dates rows to the second, and app and database clocks differ a little: in doubt, erase.
+        "erasures_since": row["request_timestamp"] - ERASURE_CLOCK_MARGIN,
+    }
 
 
 # How long a delivered invocation keeps trying to be recorded while the database is unreachable (a restart, a
@@ -63,7 +140,6 @@ BILLING_INSERT = billing.insert()
 RECORD_RETRY_SECONDS = 8.0
 # How often each app process looks for journalled records to write.
 REPLAY_INTERVAL_SECONDS = 5.0
-ERASURE_CLOCK_MARGIN = timedelta(seconds=2)
 
 
 async def record_invocation(
@@ -124,9 +200,12 @@ async def record_invocation(
     return True
 
 
-async def _record_once(engine: AsyncEngine, record: InvocationRecord) -> None:
+async def _record_once(engine: AsyncEngine, record: InvocationRecord) -> bool:
+    """Write the record; False when its row was settled already (by a sweeper, or an earlier attempt)."""
     async with engine.begin() as connection:
-        await connection.execute(LINEAGE_INSERT, {**LATER_LINEAGE_COLUMNS, **record.lineage_row})
+        if not await _write_lineage(connection, record):
+            logger.warning("invocation.already_settled invocation_id=%s", record.invocation_id)
+            return False
         if record.billing_row is not None:
             await connection.execute(BILLING_INSERT, record.billing_row)
         if record.reservation is not None:
@@ -135,6 +214,22 @@ async def _record_once(engine: AsyncEngine, record: InvocationRecord) -> None:
             else:
                 await settle(connection, reservation=record.reservation, actual_micros=record.actual_micros)
         await insert_audit_rows(connection, record.audit_rows)
+    return True
+
+
+async def _write_lineage(connection: AsyncConnection, record: InvocationRecord) -> bool:
+    """Complete the pending row, or insert the whole row; False when the row exists and is no longer pending."""
+    row = record.lineage_row
+    if record.reservation is not None:
+        completed = await connection.execute(LINEAGE_COMPLETION, _completion_params(row))
+        if completed.first() is not None:
+            return True
+        # No pending row: settled already, or reserved without one (a journal file from before pending rows).
+        found = await connection.execute(sa.select(lineage.c.id).where(lineage.c.id == row["id"]))
+        if found.first() is not None:
+            return False
+    await connection.execute(LINEAGE_INSERT, {**LATER_LINEAGE_COLUMNS, **row})
+    return True
 
 
 @dataclass(frozen=True)
@@ -187,7 +282,7 @@ async def replay_unrecorded(engine: AsyncEngine, journal: UnrecordedJournal) -> 
         if record is None:
             continue
         try:
-            await _record_once(engine, await _honouring_erasures(engine, record))
+            written = await _record_once(engine, await _honouring_erasures(engine, record))
         except IntegrityError:
             if await _lineage_exists(engine, record.invocation_id):
                 already += 1
@@ -203,7 +298,10 @@ async def replay_unrecorded(engine: AsyncEngine, journal: UnrecordedJournal) -> 
             refused += 1
             journal.refuse(path, f"the database refused it ({type(exc).__name__})")
             continue
-        recorded += 1
+        if written:
+            recorded += 1
+        else:
+            already += 1
         journal.forget(path)
     return ReplayReport(recorded, already, refused)
 

@@ -34,7 +34,8 @@ SELECTIVE_COLUMNS = frozenset({"external_agent_id", "external_user_email", "exte
 REDACTED = "[REDACTED]"
 # The columns that identify or describe the external user; an erasure overwrites exactly these.
 PERSONAL_TEXT_COLUMNS = ("external_user_id", "external_user_email", "external_user_name")
-PERSONAL_JSON_COLUMNS = ("input", "output", "external_context")
+# `metadata` is the caller's free-form JSON: it may name the person as well as `input` can.
+PERSONAL_JSON_COLUMNS = ("input", "output", "external_context", "metadata")
 # The payloads (input, output, context): left out of pages and graphs, written as JSON text in CSV.
 JSON_COLUMNS = tuple(column.name for column in lineage.c if isinstance(column.type, sa.JSON))
 

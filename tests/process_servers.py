@@ -134,6 +134,15 @@ def _process(command: list[str], *, env: dict[str, str], ready_url: str, log: Pa
 @contextmanager
 def app_server(env: dict[str, str], *, log_dir: Path, workers: int = 1) -> Iterator[str]:
     """An `external-agents serve` process (with `workers` worker processes); yields its base URL."""
+    with app_process(env, log_dir=log_dir, workers=workers) as (base, _process):
+        yield base
+
+
+@contextmanager
+def app_process(
+    env: dict[str, str], *, log_dir: Path, workers: int = 1
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Like `app_server`, also yielding the process, for a test that kills it (SIGKILL) itself."""
     port = free_port()
     command = [
         sys.executable,
@@ -148,8 +157,8 @@ def app_server(env: dict[str, str], *, log_dir: Path, workers: int = 1) -> Itera
     if workers > 1:
         command += ["--workers", str(workers)]
     base = f"http://127.0.0.1:{port}"
-    with _process(command, env=env, ready_url=f"{base}/api/health", log=log_dir / f"app-{port}.log"):
-        yield base
+    with _process(command, env=env, ready_url=f"{base}/api/health", log=log_dir / f"app-{port}.log") as process:
+        yield base, process
 
 
 @contextmanager

@@ -48,6 +48,7 @@ class InvocationDependencies:
     token_cache: Any
     alert_channel_name: str
     journal: Any
+    lease: Any
 
 
 def build_invocation_workflow(deps: InvocationDependencies) -> Workflow:
@@ -57,7 +58,7 @@ def build_invocation_workflow(deps: InvocationDependencies) -> Workflow:
         "policy": {"policy_cache": deps.policy_cache, "resolution": deps.resolution, "fail_mode": deps.fail_mode},
         "validate": {},
         "rate_limit": {"limiter": deps.limiter},
-        "budget": {"engine": deps.engine, "thresholds": deps.thresholds},
+        "budget": {"engine": deps.engine, "thresholds": deps.thresholds, "lease": deps.lease},
         "deliver": {
             "cipher": deps.cipher,
             "client": deps.client,

@@ -3,7 +3,8 @@
 - `agents.py`, `invocations.py` (invoke, governance), `policies.py`, `workflows.py`, `lineage.py`: the gateway
   commands, which run the same operations as the REST API and print the same results, in-process or against a
   running gateway with `--url` (see calls.py); `--json` prints the API's JSON response for scripts.
-- `keys.py`, `server.py` (serve, migrate, rotate-key, mcp), `lineage retention`: the operator's, in-process.
+- `keys.py`, `server.py` (serve, migrate, rotate-key, mcp), `lineage retention`, `reconcile.py`: the
+  operator's, in-process.
 - `options.py`: `--url`, `--api-key`, `--org`, `--json`, declared once for every gateway command;
   `output.py`: tables, JSON, one-line errors and exit codes; `calls.py`: where a command runs and as whom.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import typer
 
-from external_agents.channels.cli import invocations, server
+from external_agents.channels.cli import invocations, reconcile, server
 from external_agents.channels.cli.agents import agents_app
 from external_agents.channels.cli.keys import keys_app
 from external_agents.channels.cli.lineage import lineage_app
@@ -39,6 +40,7 @@ app.add_typer(policies_app, name="policies")
 app.add_typer(workflows_app, name="workflows")
 app.command("mcp")(server.mcp_command)
 app.add_typer(lineage_app, name="lineage")
+app.command()(reconcile.reconcile)
 
 
 def main() -> None:

@@ -88,7 +88,11 @@ def host_workflow(state: Any) -> Any:
             "fail_mode": state.settings.external_agent_policy_fail_mode,
         },
     )
-    builder.add_node("BudgetReserveNode", "budget", {"engine": state.engine, "thresholds": BudgetThresholds(0.8, 0.9)})
+    builder.add_node(
+        "BudgetReserveNode",
+        "budget",
+        {"engine": state.engine, "thresholds": BudgetThresholds(0.8, 0.9), "lease": state.lease},
+    )
     builder.add_node(
         "DeliverInvocationNode",
         "deliver",

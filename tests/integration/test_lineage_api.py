@@ -591,7 +591,16 @@ async def test_erasure_redacts_personal_fields_and_keeps_rows_costs_and_links(cl
     assert response.status_code == 200, response.text
     assert response.json() == {"erased_rows": 3}
 
-    personal = ("external_user_id", "external_user_email", "external_user_name", "input", "output", "external_context")
+    personal = (
+        "external_user_id",
+        "external_user_email",
+        "external_user_name",
+        "input",
+        "output",
+        "external_context",
+        # The invoke body's free-form metadata may name the person too (issue 11, point 6).
+        "metadata",
+    )
     for invocation_id, old in before.items():
         new = await stored(gateway, invocation_id)
         assert all(new[name] == "[REDACTED]" for name in personal), new

@@ -17,6 +17,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import asyncpg
 import httpx
@@ -142,14 +143,21 @@ async def test_governance_decision_through_the_workflow(stack, capsys, tmp_path)
         {
             "engine": state.engine,
             "thresholds": external_agents.nodes.governance.budget.BudgetThresholds(warning=0.8, degradation=0.9),
+            "lease": state.lease,
         },
     )
     builder.add_connection("policy", "invocation", "rate_limit", "invocation")
     builder.add_connection("rate_limit", "invocation", "budget", "invocation")
     workflow = builder.build(name="governance_decision")
 
+    # Each decision writes its invocation's pending lineage row, so each run is a new invocation (ids made
+    # before timing starts).
+    runs = iter(
+        [replace(invocation, invocation_id=str(uuid.uuid4()), trace_id=f"trc_{uuid.uuid4().hex}") for _ in range(1_050)]
+    )
+
     async def through_workflow() -> None:
-        results = await state.runner.run(workflow, {"policy": {"invocation": invocation.to_json()}})
+        results = await state.runner.run(workflow, {"policy": {"invocation": next(runs).to_json()}})
         assert results["budget"]["invocation"]["denial"] is None
 
     from external_agents.nodes.governance.rate_limit import limits_of

@@ -10,9 +10,11 @@ from external_agents.nodes.governance.budget import (
     budget_limits,
     budget_status,
     crossed,
+    delivery_lease_seconds,
     threshold_event,
 )
 from external_agents.nodes.invocation_state import BudgetExceeded, BudgetStatus
+from external_agents.nodes.platforms.base import DeliveryOptions
 from tests.factories import REFUSAL, RESERVATION, agent_snapshot, invocation
 
 THRESHOLDS = BudgetThresholds(warning=0.8, degradation=0.9)
@@ -58,3 +60,16 @@ def test_threshold_event_names_the_invocation():
 
     assert event.event_type == "external_agent.budget_degraded"
     assert event.details == {"usage_percentage": 91.23, "invocation_id": current.invocation_id}
+
+
+def test_the_pending_lease_outlasts_every_attempt_timing_out_and_every_wait_between_them() -> None:
+    options = DeliveryOptions(
+        timeout_seconds=5, retry_attempts=2, allow_private_webhooks=False, allowed_webhook_domains=()
+    )
+
+    # 3 attempts x 5 s, 2 waits of at most 30 s (the longest Retry-After honoured) + 0.5 s jitter, the margin.
+    assert delivery_lease_seconds(options, margin_seconds=10) == 3 * 5 + 2 * 30.5 + 10
+    no_retries = DeliveryOptions(
+        timeout_seconds=5, retry_attempts=0, allow_private_webhooks=False, allowed_webhook_domains=()
+    )
+    assert delivery_lease_seconds(no_retries, margin_seconds=0) == 5

@@ -100,7 +100,8 @@ def _completion() -> sa.Update:
             digest.is_not(None),
             sa.exists().where(
                 audit_log.c.event_type == ERASURE_EVENT,
-                audit_log.c.organization_id == lineage.c.organization_id,
+                # Bound, not correlated with the row: PostgreSQL then runs the lookup once per statement.
+                audit_log.c.organization_id == sa.bindparam("erasure_organization_id", type_=sa.String),
                 audit_log.c.resource_id == digest,
                 audit_log.c.created_at >= sa.bindparam("erasures_since", type_=audit_log.c.created_at.type),
             ),
@@ -129,6 +130,7 @@ def _completion_params(row: dict[str, Any]) -> dict[str, Any]:
     return {
         **params,
         "invocation_id": row["id"],
+        "erasure_organization_id": row["organization_id"],
         "email_digest": email_digest(email) if email else None,
         # SQLite dates rows to the second, and app and database clocks differ a little: in doubt, erase.
         "erasures_since": row["request_timestamp"] - ERASURE_CLOCK_MARGIN,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from external_agents.errors import ValidationError
-from external_agents.nodes.platforms.base import DeliveryOptions, PlatformAdapter
+from external_agents.nodes.platforms.base import DeliveryOptions, PlatformAdapter, check_no_control_characters
 from external_agents.nodes.platforms.custom_http import CustomHttpAdapter
 from external_agents.nodes.platforms.discord import DiscordAdapter
 from external_agents.nodes.platforms.notion import NotionAdapter
@@ -49,6 +49,12 @@ def validate_platform_config(
     if not isinstance(platform_config, dict):
         raise ValidationError("platform_config must be an object")
     adapter = get_adapter(platform)
+    # Checked before the adapter strips surrounding whitespace: a secret pasted with its newline is refused, not
+    # silently repaired, so what is stored is exactly what was checked.
+    for name in adapter.secret_fields:
+        value = platform_config.get(name)
+        if isinstance(value, str):
+            check_no_control_characters(value, field=f"platform_config.{name}")
     config = adapter.validate_config(platform_config)
     check_webhook_url(
         adapter.endpoint(config),

@@ -29,6 +29,7 @@ from external_agents.nodes.platforms.base import (
     check_header_name,
     check_header_value,
     check_http_url,
+    check_no_control_characters,
     json_object,
     validate_headers,
 )
@@ -101,6 +102,8 @@ def _secret(credentials: Mapping[str, Any], name: str, auth_type: str, *, header
         raise ValidationError(f"{path} must be a string")
     if header:
         check_header_value(value, field=path)
+    else:
+        check_no_control_characters(value, field=path)
     return value
 
 

@@ -26,10 +26,15 @@ from external_agents.errors import ValidationError
 
 ELLIPSIS = "…"
 
-# RFC 9110 token characters; anything else cannot be a header name.
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-# httpx encodes header values as ASCII; CR/LF would split headers.
-_HEADER_VALUE = re.compile(r"^[\t\x20-\x7e]*$")
+# RFC 9110 token characters; anything else cannot be a header name. Always fullmatch: `$` also matches before a
+# trailing newline, which let "token\n" through.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# httpx encodes header values as ASCII; CR/LF would split headers, NUL ends them, and the other C0 controls,
+# tab included, are never part of a credential (a token pasted with its tab or newline is a paste accident).
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
+# C0 controls and DEL, refused in every secret even when it is not sent as a header (basic, HMAC, OAuth2
+# client credentials): the same paste accident, and an error text quoting one would carry it.
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 # Headers that the HTTP client owns; letting a config set them would corrupt framing or routing.
 RESERVED_HEADERS = frozenset(
     {
@@ -237,15 +242,25 @@ def validate_headers(headers: Any, *, field: str) -> dict[str, str]:
 
 
 def check_header_name(name: Any, *, field: str) -> None:
-    if not isinstance(name, str) or not _HEADER_NAME.match(name):
+    if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
         raise ValidationError(f"{field}: {name!r} is not a valid header name")
     if name.lower() in RESERVED_HEADERS:
         raise ValidationError(f"{field} cannot be {name}; the HTTP client sets it")
 
 
+def is_sendable_header_value(value: str) -> bool:
+    return _HEADER_VALUE.fullmatch(value) is not None
+
+
 def check_header_value(value: str, *, field: str) -> None:
-    if not _HEADER_VALUE.match(value):
+    if not is_sendable_header_value(value):
         raise ValidationError(f"{field} must be printable ASCII (it is sent in an HTTP header)")
+
+
+def check_no_control_characters(value: str, *, field: str) -> None:
+    """Refuse a secret holding CR, LF, NUL, tab, another C0 control or DEL; the message never quotes it."""
+    if _CONTROL_CHARACTER.search(value):
+        raise ValidationError(f"{field} must not contain control characters (CR, LF, NUL, tab, other C0 or DEL)")
 
 
 def render_input(value: Any) -> tuple[str, bool]:

@@ -11,14 +11,21 @@ no attempt got as far as the platform (refused URL, DNS failure, refused connect
 the caller can release a budget reservation for work that certainly did not happen.
 
 Error texts and log lines never carry a credential: every error text goes through `redact` (and the known
-secret values of the agent are replaced too), and logs name the host, never the URL, because webhook URLs and
-Telegram's bot URLs are secrets themselves; httpx's own request log line is cut to the host for the same
-reason.
+secret values of the agent are replaced too, in every form a platform may echo them: raw, JSON-escaped,
+whitespace-collapsed as the error snippet is, percent-encoded and base64, basic auth's `user:pass` included),
+and logs name the host, never the URL, because webhook URLs and Telegram's bot URLs are secrets themselves;
+httpx's own request log line is cut to the host for the same reason.
+
+A request the HTTP client refused to send (an illegal header value from a credential stored before such
+values were refused, a body it cannot encode) never left: it is not retried, and `reached_platform` is False
+so nothing is billed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import math
 import re
@@ -27,6 +34,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import httpx
 from tenacity import (
@@ -46,6 +54,7 @@ from external_agents.nodes.platforms.base import (
     DeliveryResult,
     OutgoingRequest,
     PlatformAdapter,
+    is_sendable_header_value,
 )
 from external_agents.nodes.platforms.webhook_url import resolve_and_check
 
@@ -302,14 +311,33 @@ class _Delivery:
             raise PlatformError(self.scrub(exc.detail), reached_platform=False) from exc
         # A fetched OAuth2 token is a secret too, though it is not among the stored credentials.
         for value in auth.values():
-            self.secrets.update(v for v in (value, value.removeprefix("Bearer ")) if len(v) >= MIN_SECRET_LENGTH)
+            for sent in (value, value.removeprefix("Bearer "), value.removeprefix("Basic ")):
+                self.secrets.update(secret_variants(sent))
         headers = {**outgoing.headers, **auth}
         return headers, await self._send(outgoing, headers)
 
     async def _send(self, outgoing: OutgoingRequest, headers: dict[str, str]) -> httpx.Response:
-        http_request = self.client.build_request(
-            outgoing.method, outgoing.url, headers=headers, content=outgoing.content or None, timeout=self.timeout
-        )
+        for name, value in headers.items():
+            if not is_sendable_header_value(value):
+                # Checked here rather than left to h11, whose refusal quotes the value (a credential) in its own
+                # debug log line before this code can scrub it.
+                raise PlatformError(
+                    f"{self.adapter.platform} request header {name} holds a value that cannot be sent in an HTTP "
+                    "header (a control character or non-ASCII); nothing was sent",
+                    reached_platform=False,
+                )
+        try:
+            http_request = self.client.build_request(
+                outgoing.method, outgoing.url, headers=headers, content=outgoing.content or None, timeout=self.timeout
+            )
+        except (ValueError, TypeError, httpx.InvalidURL) as exc:
+            # A header value httpx cannot encode (non-ASCII): nothing was sent. The error text is not kept: it
+            # quotes the value, which is a credential.
+            raise PlatformError(
+                f"{self.adapter.platform} request could not be built: {type(exc).__name__} (a header value httpx "
+                "cannot encode?); nothing was sent",
+                reached_platform=False,
+            ) from exc
         started = time.perf_counter()
         try:
             # httpx's timeout applies per read; this bounds a platform that trickles a response too.
@@ -345,6 +373,15 @@ class _Delivery:
                 f"{platform} did not answer within {self.timeout:g} seconds ({self.host})",
                 retryable=True,
                 reached_platform=not never_sent,
+            )
+        if isinstance(exc, httpx.LocalProtocolError):
+            # Our own HTTP client refused the request before sending it (an illegal header value, CR or LF in a
+            # credential stored before they were refused): the same request would be refused again, and the
+            # platform never saw it. Its text quotes the header value, a credential, so it is left out.
+            return PlatformError(
+                f"{platform} request to {self.host} was refused by the HTTP client before sending "
+                "(LocalProtocolError: an illegal header value?); nothing was sent",
+                reached_platform=False,
             )
         reason = self.scrub(str(exc))[:MAX_ERROR_BODY] or type(exc).__name__
         if isinstance(exc, httpx.UnsupportedProtocol):
@@ -398,12 +435,28 @@ async def _read_body(response: httpx.Response, *, limit: int) -> tuple[bytes, bo
     return b"".join(chunks), False
 
 
+def secret_variants(secret: str) -> set[str]:
+    """Every form in which a platform may echo `secret` back: as sent, JSON-escaped (a secret holding `"` or `\\`
+    in a JSON error body), with its whitespace runs collapsed (as the error snippet is), percent-encoded and
+    base64-encoded (standard and URL-safe, padded or not). Forms shorter than MIN_SECRET_LENGTH are left out."""
+    if len(secret) < MIN_SECRET_LENGTH:
+        return set()
+    escaped = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    forms = escaped | {" ".join(form.split()) for form in escaped}
+    forms |= {quote(secret, safe=""), quote(secret), quote_plus(secret)}
+    raw = secret.encode("utf-8", "surrogatepass")
+    for encoded in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):
+        forms |= {encoded, encoded.rstrip("=")}
+    return {form for form in forms if len(form) >= MIN_SECRET_LENGTH}
+
+
 def _secret_values(request: DeliveryRequest, adapter: PlatformAdapter) -> set[str]:
+    """The agent's secrets in every form they may come back in; built once per delivery."""
     values: set[str] = set()
 
     def collect(value: Any) -> None:
-        if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH:
-            values.add(value)
+        if isinstance(value, str):
+            values.update(secret_variants(value))
         elif isinstance(value, dict):
             for item in value.values():
                 collect(item)
@@ -411,7 +464,15 @@ def _secret_values(request: DeliveryRequest, adapter: PlatformAdapter) -> set[st
             for item in value:
                 collect(item)
 
-    collect(request.credentials)
+    credentials = request.credentials
+    collect(credentials)
+    # Pairs that are sent joined, so that their base64 (a Basic header echoed without its scheme) is known too:
+    # basic auth's user:pass, and an OAuth2 client's id:secret as RFC 6749 §2.3.1 form-encodes it.
+    if isinstance(credentials.get("username"), str) and isinstance(credentials.get("password"), str):
+        collect(f"{credentials['username']}:{credentials['password']}")
+    if isinstance(credentials.get("client_id"), str) and isinstance(credentials.get("client_secret"), str):
+        collect(f"{credentials['client_id']}:{credentials['client_secret']}")
+        collect(f"{quote(credentials['client_id'], safe='')}:{quote(credentials['client_secret'], safe='')}")
     for name in adapter.secret_fields:
         collect(request.platform_config.get(name))
     return values

@@ -55,7 +55,7 @@ class NotionAdapter(PlatformAdapter):
             prefix="platform_config",
         )
         database_id = require_str(platform_config, "database_id")
-        if not _DATABASE_ID.match(database_id):
+        if not _DATABASE_ID.fullmatch(database_id):
             raise ValidationError("platform_config.database_id must be a Notion database id (32 hex digits)")
         config: dict[str, Any] = {"database_id": database_id}
         token = optional_str(platform_config, "token")

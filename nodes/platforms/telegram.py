@@ -64,7 +64,7 @@ class TelegramAdapter(PlatformAdapter):
         chat_id = platform_config.get("chat_id")
         if chat_id is None or chat_id == "":
             raise ValidationError("platform_config.chat_id is required")
-        if isinstance(chat_id, bool) or not isinstance(chat_id, int | str) or not _CHAT_ID.match(str(chat_id)):
+        if isinstance(chat_id, bool) or not isinstance(chat_id, int | str) or not _CHAT_ID.fullmatch(str(chat_id)):
             raise ValidationError("platform_config.chat_id must be an integer chat id or a @channelusername")
         config: dict[str, Any] = {"chat_id": chat_id}
         bot_token = optional_str(platform_config, "bot_token")
@@ -126,6 +126,6 @@ def format_message(request: DeliveryRequest) -> str:
 
 
 def _check_token(token: str, *, field: str) -> None:
-    if not _BOT_TOKEN.match(token):
+    if not _BOT_TOKEN.fullmatch(token):
         # The value is a secret: the message says what is wrong without repeating it.
         raise ValidationError(f"{field} must look like 123456:ABC-DEF... (digits, a colon, then letters)")

@@ -152,7 +152,7 @@ def _parse(url: str, *, field: str) -> httpx.URL:
     if not parsed.host:
         raise ValidationError(f"{field} must be an absolute URL with a host")
     host = _host(parsed)
-    if _literal_address(host) is None and not _HOSTNAME.match(host):
+    if _literal_address(host) is None and not _HOSTNAME.fullmatch(host):
         raise ValidationError(f"{field} is not a valid URL: {host!r} is not a host name")
     if parsed.port is not None and not 0 < parsed.port < 65536:
         raise ValidationError(f"{field} is not a valid URL: port {parsed.port} is out of range")
@@ -169,7 +169,7 @@ def _literal_address(host: str) -> IPAddress | None:
         return ipaddress.ip_address(host)
     except ValueError:
         pass
-    if _LEGACY_IPV4.match(host):
+    if _LEGACY_IPV4.fullmatch(host):
         try:
             return ipaddress.IPv4Address(socket.inet_aton(host))
         except OSError:

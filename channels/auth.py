@@ -4,6 +4,10 @@ It runs before any route, including those Nexus mounts itself, so nothing is rea
 WebSocket handshakes too (Nexus mounts an echo socket at /ws), which are refused with the same 401 (or a
 policy-violation close where the server cannot send a response to a handshake).
 The authenticated `Caller` is put on the request scope for routes to read.
+
+`caller_for_key` is that lookup on its own, for channels without a request per call: the MCP stdio session
+runs it before every tool call, so a key revoked mid-session is refused there as it is here, with the same
+status and detail.
 """
 
 from __future__ import annotations
@@ -24,6 +28,29 @@ from external_agents.stores.api_keys import Caller, authenticate
 logger = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/api/health", "/api/version"})
+INVALID_KEY = "Invalid or revoked API key"
+LOOKUP_UNAVAILABLE = "Authentication unavailable: the database is unreachable"
+
+
+class KeyRefusedError(Exception):
+    """The key cannot be used: 401 (unknown or revoked) or 503 (the database could not be asked)."""
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+
+
+async def caller_for_key(engine: AsyncEngine, key: str, *, request_id: str) -> Caller:
+    """The caller `key` belongs to, looked up now; raise KeyRefusedError when it is unknown, revoked or unknowable."""
+    try:
+        caller = await authenticate(engine, key)
+    except Exception as exc:
+        logger.error("auth.lookup_failed request_id=%s error=%s", request_id, type(exc).__name__)
+        raise KeyRefusedError(503, LOOKUP_UNAVAILABLE) from None
+    if caller is None:
+        raise KeyRefusedError(401, INVALID_KEY)
+    return caller
 
 
 class BearerAuthMiddleware:
@@ -46,16 +73,14 @@ class BearerAuthMiddleware:
             await _reject(scope, receive, send, request_id, "Missing or malformed Authorization: Bearer <api key>")
             return
         try:
-            caller = await authenticate(self.engine_of(), key)
-        except Exception as exc:
-            logger.error("auth.lookup_failed request_id=%s error=%s", request_id, type(exc).__name__)
-            response = error_response(
-                503, "Authentication unavailable: the database is unreachable", request_id=request_id
-            )
-            await send_refusal(scope, receive, send, response)
-            return
-        if caller is None:
-            await _reject(scope, receive, send, request_id, "Invalid or revoked API key")
+            caller = await caller_for_key(self.engine_of(), key, request_id=request_id)
+        except KeyRefusedError as refused:
+            if refused.status_code == 401:
+                await _reject(scope, receive, send, request_id, refused.detail)
+            else:
+                await send_refusal(
+                    scope, receive, send, error_response(refused.status_code, refused.detail, request_id=request_id)
+                )
             return
         state["caller"] = caller
         await self.app(scope, receive, send)

@@ -9,13 +9,16 @@ sees the same `detail`, `error_code` and denial fields (`policy_id`, `retry_afte
 Two transports:
 - streamable HTTP at `/mcp` on the API's own port (`mount_mcp`), behind the bearer API key: the auth
   middleware puts the `Caller` on the request scope and each tool call reads it from there;
-- stdio (`serve_stdio`, `external-agents mcp --stdio`): one caller, authenticated from `KAIZEN_API_KEY` at start.
+- stdio (`serve_stdio`, `external-agents mcp --stdio`): one caller, whose `KAIZEN_API_KEY` is looked up again
+  on every tool call as the middleware looks it up on every HTTP request, so `keys revoke` ends the session's
+  access on its next call with REST's 401.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Any
@@ -27,7 +30,8 @@ from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from external_agents.agent_fields import AgentCreate
-from external_agents.channels.error_responses import error_body_of
+from external_agents.channels.auth import KeyRefusedError, caller_for_key
+from external_agents.channels.error_responses import error_body, error_body_of
 from external_agents.channels.invocation_responses import invocation_answer
 from external_agents.errors import ExternalAgentsError
 from external_agents.field_sets import tool_parameters, with_parameters
@@ -68,7 +72,7 @@ JsonObject = dict[str, Any]
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
-CallerOf = Callable[[Context], Caller]
+CallerOf = Callable[[Context], Awaitable[Caller]]
 
 
 def _request_id(ctx: Context) -> str | None:
@@ -77,7 +81,7 @@ def _request_id(ctx: Context) -> str | None:
     return scope.get("state", {}).get("request_id")
 
 
-def caller_from_http_request(ctx: Context) -> Caller:
+async def caller_from_http_request(ctx: Context) -> Caller:
     """The Caller the bearer-auth middleware authenticated for the HTTP request carrying this tool call."""
     scope = getattr(ctx.request_context.request, "scope", None) or {}
     caller = scope.get("state", {}).get("caller")
@@ -94,7 +98,7 @@ class GatewayTools:
         self.caller_of = caller_of
 
     async def _call(self, ctx: Context, operation: Callable[[LocalGateway], Awaitable[Any]]) -> Any:
-        gateway = LocalGateway(self.state, self.caller_of(ctx), request_id=_request_id(ctx))
+        gateway = LocalGateway(self.state, await self.caller_of(ctx), request_id=_request_id(ctx))
         try:
             return await operation(gateway)
         except ExternalAgentsError as exc:
@@ -346,7 +350,21 @@ async def running(manager: StreamableHTTPSessionManager) -> AsyncIterator[None]:
         await task
 
 
-async def serve_stdio(state: AppState, caller: Caller) -> None:
-    """Serve the tools on stdin/stdout for one caller until the client closes the stream."""
-    server = build_mcp_server(state, caller_of=lambda _ctx: caller)
+def caller_by_key(state: AppState, api_key: str) -> CallerOf:
+    """The caller of `api_key`, looked up afresh for each tool call (a revoked key is refused on its next call)."""
+
+    async def caller_of(_ctx: Context) -> Caller:
+        request_id = uuid.uuid4().hex
+        try:
+            return await caller_for_key(state.engine, api_key, request_id=request_id)
+        except KeyRefusedError as refused:
+            body = error_body(refused.status_code, refused.detail, request_id=request_id)
+            raise ToolError(json.dumps(body)) from None
+
+    return caller_of
+
+
+async def serve_stdio(state: AppState, api_key: str) -> None:
+    """Serve the tools on stdin/stdout for the caller of `api_key` until the client closes the stream."""
+    server = build_mcp_server(state, caller_of=caller_by_key(state, api_key))
     await server.run_stdio_async()

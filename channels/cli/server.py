@@ -137,8 +137,10 @@ async def _serve_mcp_stdio(settings: Settings, where: Target) -> None:
     configure_logging(logging.WARNING)
     state = build_state(settings)
     try:
-        caller = await local_caller(state, where)
+        # Checked once here to refuse a bad key in one line before the protocol starts, then on every call.
+        await local_caller(state, where)
         await state.start()
-        await serve_stdio(state, caller)
+        assert where.api_key is not None
+        await serve_stdio(state, where.api_key)
     finally:
         await state.aclose()

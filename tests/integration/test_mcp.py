@@ -384,3 +384,39 @@ async def test_mcp_invoke_keeps_metadata(gateway, org, client, platform_server):
         )
         fetched = await call(mcp, "get_invocation", {"invocation_id": invoked["invocation_id"]})
     assert_exact_metadata(fetched["metadata"])
+
+
+async def test_stdio_session_is_refused_on_its_next_call_after_its_key_is_revoked(tmp_path, platform_server):
+    """`keys revoke` reaches an open stdio session: each tool call looks the key up, as REST does per request."""
+    from external_agents.stores.api_keys import create_api_key, revoke_api_key
+    from external_agents.stores.database import create_engine
+
+    await _migrated_key(tmp_path, "stdio-revoked")
+    engine = create_engine(make_settings(f"sqlite:///{tmp_path}/stdio.db", str(tmp_path)))
+    try:
+        # A second key of the organisation, to revoke while the session under it is open.
+        row, session_key = await create_api_key(
+            engine, organization_id="stdio-revoked", name="session", permissions=["admin"]
+        )
+        params = StdioServerParameters(
+            command=sys.executable,
+            args=["-m", "external_agents.channels.cli", "mcp", "--stdio"],
+            env=_stdio_env(tmp_path, session_key),
+            cwd=str(ROOT),
+        )
+        async with Client(params) as mcp:
+            agent = await call(mcp, "register_agent", {**SEED_AGENT, "name": "before-revocation"})
+            assert (await call(mcp, "get_agent", {"agent_id": agent["id"]}))["name"] == "before-revocation"
+
+            assert await revoke_api_key(engine, key_id=row["id"])
+
+            for tool, arguments in [("get_agent", {"agent_id": agent["id"]}), ("list_agents", {})]:
+                refused = await refusal(mcp, tool, arguments)
+                assert refused == {
+                    **refused,
+                    "status_code": 401,
+                    "detail": "Invalid or revoked API key",
+                    "error_code": "UNAUTHORIZED",
+                }
+    finally:
+        await engine.dispose()

@@ -16,6 +16,8 @@ class ExternalAgentsError(Exception):
 
     status_code = 500
     error_code = "INTERNAL_ERROR"
+    # Sent as Retry-After by channels that have headers, for faults a client may retry.
+    retry_after_seconds: int | None = None
 
     def __init__(self, detail: str, *, extra: dict[str, Any] | None = None) -> None:
         super().__init__(detail)
@@ -48,6 +50,7 @@ class ServiceUnavailableError(ExternalAgentsError):
 
     status_code = 503
     error_code = "SERVICE_UNAVAILABLE"
+    retry_after_seconds = 1
 
 
 class StorageError(ExternalAgentsError):
@@ -55,6 +58,7 @@ class StorageError(ExternalAgentsError):
 
     status_code = 503
     error_code = "SERVICE_UNAVAILABLE"
+    retry_after_seconds = 1
 
 
 class PlatformError(ExternalAgentsError):

@@ -9,6 +9,7 @@ import gc
 import inspect
 import logging
 import re
+import socket
 import sys
 import uuid
 from collections import deque
@@ -413,8 +414,36 @@ def ensure_migrated(settings: Settings) -> None:
     if status(settings).state == "applied":
         return
     if not settings.is_sqlite:
-        raise SettingsError("Invalid database: it is not migrated; run `external-agents migrate` first")
+        raise StartupError("the database is not migrated: run `external-agents migrate` first")
     upgrade(settings, report=lambda line: sys.stderr.write(line + "\n"))
+
+
+def check_redis(settings: Settings) -> None:
+    """Refuse to start without Redis when rate limits fail closed (every invocation would be refused); when they
+    fail open, say once that limits are per instance until Redis answers, and serve (SPEC §5: degraded)."""
+    if not settings.redis_url:
+        return
+    import redis
+
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        if not settings.external_agent_rate_limit_fail_open:
+            raise StartupError(
+                f"Redis cannot be reached ({type(exc).__name__}) and EXTERNAL_AGENT_RATE_LIMIT_FAIL_OPEN is false, "
+                "so every invocation would be refused: start Redis or fix REDIS_URL"
+            ) from None
+        sys.stderr.write(
+            f"warning: Redis cannot be reached ({type(exc).__name__}); serving degraded, with rate limits per "
+            "instance until it answers\n"
+        )
+    finally:
+        client.close()
 
 
 def app_from_environment() -> Any:
@@ -422,13 +451,40 @@ def app_from_environment() -> Any:
     return build_app(load_settings()).fastapi_app
 
 
+class StartupError(Exception):
+    """`serve` cannot start as things are: its port is taken (or the address is not this host's), or the database
+    is not migrated. The environment needs fixing, not the command (the CLI exits 5)."""
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything else starts.
+
+    Left to uvicorn, a busy port is found only after the app's lifespan has started (Redis listeners, the
+    journal replay), and uvicorn's exit path then waited on that lifespan, ignoring SIGTERM and SIGINT.
+    """
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def serve(*, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, settings: Settings | None = None) -> None:
     """Serve the API; with `workers` > 1, as that many processes sharing the port (limits then live in Redis)."""
+    settings = settings or load_settings()
+    sock = listening_socket(host, port)
+    try:
+        _serve_on(sock, host=host, port=port, workers=workers, settings=settings)
+    finally:
+        sock.close()
+
+
+def _serve_on(sock: socket.socket, *, host: str, port: int, workers: int, settings: Settings) -> None:
     import asyncio
 
     import uvicorn
 
-    settings = settings or load_settings()
+    # Redis first: a refusal must come before the embedded database is migrated (whose report would precede it).
+    check_redis(settings)
     ensure_migrated(settings)
     if workers > 1 and not settings.redis_url:
         raise SettingsError(
@@ -445,9 +501,11 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, settin
     sys.stderr.write(f"Serving External Agents on http://{host}:{port}\n")
     options: dict[str, Any] = {"host": host, "port": port, "log_level": "warning", "access_log": False}
     if workers > 1:
+        # The workers bind the port themselves (SO_REUSEADDR): the check above already found it free.
+        sock.close()
         uvicorn.run("external_agents.nexus_app:app_from_environment", factory=True, workers=workers, **options)
     else:
-        uvicorn.run(build_app(settings).fastapi_app, **options)
+        uvicorn.Server(uvicorn.Config(build_app(settings).fastapi_app, **options)).run(sockets=[sock])
 
 
 if __name__ == "__main__":
@@ -456,3 +514,6 @@ if __name__ == "__main__":
     except SettingsError as exc:
         sys.stderr.write(f"{exc}\n")
         sys.exit(2)
+    except StartupError as exc:
+        sys.stderr.write(f"{exc}\n")
+        sys.exit(5)

@@ -78,9 +78,10 @@ class BearerAuthMiddleware:
             if refused.status_code == 401:
                 await _reject(scope, receive, send, request_id, refused.detail)
             else:
-                await send_refusal(
-                    scope, receive, send, error_response(refused.status_code, refused.detail, request_id=request_id)
+                response = error_response(
+                    refused.status_code, refused.detail, request_id=request_id, headers={"Retry-After": "1"}
                 )
+                await send_refusal(scope, receive, send, response)
             return
         state["caller"] = caller
         await self.app(scope, receive, send)

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from external_agents.errors import ExternalAgentsError
+from external_agents.stores.database import DATABASE_NOT_MIGRATED, DATABASE_UNAVAILABLE, causes, schema_missing
 from external_agents.workflows.runner import WorkflowFailedError
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,6 @@ async def send_refusal(scope: Scope, receive: Receive, send: Send, response: Res
     await response(scope, receive, send)
 
 
-DATABASE_UNAVAILABLE = "Service unavailable: the database cannot be reached; retry shortly"
 # Raised when PostgreSQL refuses, drops or cannot yet take connections (asyncpg's own types, or OS socket
 # errors from connecting), whichever layer wrapped them.
 _UNREACHABLE: tuple[type[BaseException], ...] = (
@@ -121,9 +121,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def own_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ExternalAgentsError)
         request_id = request_id_of(request)
-        return JSONResponse(
-            error_body_of(exc, request_id=request_id), status_code=exc.status_code, headers={"X-Request-ID": request_id}
-        )
+        headers = {"X-Request-ID": request_id}
+        if exc.retry_after_seconds is not None:
+            headers["Retry-After"] = str(exc.retry_after_seconds)
+        return JSONResponse(error_body_of(exc, request_id=request_id), status_code=exc.status_code, headers=headers)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -138,12 +139,16 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def fault(request: Request, exc: Exception) -> JSONResponse:
-        if not database_unreachable(exc):
+        if database_unreachable(exc):
+            detail = DATABASE_UNAVAILABLE
+        elif any(schema_missing(cause) for cause in causes(exc)):
+            detail = DATABASE_NOT_MIGRATED
+        else:
             # Any other fault is the catch-all's to answer (500) and the server's to log.
             raise exc
         request_id = request_id_of(request)
         logger.warning("request.database_unreachable request_id=%s error=%s", request_id, type(exc).__name__)
-        return error_response(503, DATABASE_UNAVAILABLE, request_id=request_id, headers={"Retry-After": "1"})
+        return error_response(503, detail, request_id=request_id, headers={"Retry-After": "1"})
 
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         # The exception's text may carry user input or a driver's message: log its type only.

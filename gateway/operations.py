@@ -18,12 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 from kailash.workflow import Workflow
 
-from external_agents.errors import ExternalAgentsError, ForbiddenError, NotFoundError, ValidationError
+from external_agents.errors import (
+    ExternalAgentsError,
+    ForbiddenError,
+    NotFoundError,
+    ServiceUnavailableError,
+    ValidationError,
+)
 from external_agents.gateway.metrics import run_and_record
+from external_agents.gateway.workflow_inputs import check_workflow_inputs
 from external_agents.lineage_filters import FILTER_NAMES, GRAPH_SELECTORS
 from external_agents.nodes.invocation_state import InvocationOutcome
 from external_agents.nodes.lineage import export_chunks
 from external_agents.stores.api_keys import Caller
+from external_agents.stores.database import database_fault
 from external_agents.workflows.lineage import (
     EXPORT_NODE,
     GET_NODE,
@@ -103,6 +111,14 @@ class LocalGateway:
         try:
             return await self.state.runner.run(workflow, inputs)
         except WorkflowFailedError as exc:
+            # A database that is down or not migrated is a 503 the client may retry, as REST's handler answers
+            # it, not a fault of this request.
+            detail = database_fault(exc)
+            if detail is not None:
+                logger.warning(
+                    "operation.database_unavailable request_id=%s workflow=%s", self.request_id, workflow.name
+                )
+                raise ServiceUnavailableError(detail) from exc
             # Its text may name user data: the log line and the answer say only which operation failed.
             logger.error("operation.failed request_id=%s workflow=%s", self.request_id, workflow.name)
             raise ExternalAgentsError("Internal server error") from exc
@@ -225,11 +241,14 @@ class LocalGateway:
         inputs = {"caller": caller, "format": export_format, "filters": {k: filters.get(k) for k in FILTER_NAMES}}
         results = await self._run(self.state.lineage.export, {EXPORT_NODE: inputs})
         export = results[EXPORT_NODE]["export"]
-        return LineageExport(
-            media_type=export["media_type"],
-            filename=export["filename"],
-            chunks=export_chunks(self.state.engine, export=export),
-        )
+        try:
+            chunks = await export_chunks(self.state.engine, export=export)
+        except Exception as exc:
+            detail = database_fault(exc)
+            if detail is None:
+                raise
+            raise ServiceUnavailableError(detail) from exc
+        return LineageExport(media_type=export["media_type"], filename=export["filename"], chunks=chunks)
 
     async def user_lineage(self, email: str, *, page: int = 1, limit: int = 100) -> dict[str, Any]:
         caller = self._caller("read:lineage")
@@ -262,8 +281,11 @@ class LocalGateway:
         unknown = sorted(set(node_inputs) - set(workflow.nodes))
         if unknown:
             raise ValidationError(f"inputs.{unknown[0]}: no such node in workflow '{workflow_id}'")
-        for node_id, node in workflow.nodes.items():
-            if node.node_type == "InvokeExternalAgentNode":
-                node_inputs[node_id] = {**node_inputs.get(node_id, {}), "caller": caller, "workflow_id": workflow_id}
+        invoking = [node_id for node_id, node in workflow.nodes.items() if node.node_type == "InvokeExternalAgentNode"]
+        check_workflow_inputs(
+            workflow, node_inputs, set_by_gateway={node_id: {"caller", "workflow_id"} for node_id in invoking}
+        )
+        for node_id in invoking:
+            node_inputs[node_id] = {**node_inputs.get(node_id, {}), "caller": caller, "workflow_id": workflow_id}
         results = await self._run(workflow, node_inputs)
         return {"workflow_id": workflow_id, "status": "completed", "outputs": results}

@@ -29,9 +29,13 @@ class ExternalAgentNode(AsyncNode):
         return self.validate_outputs(outputs)
 
 
+# The category of parameters declared with `dependency`: gateway/workflow_inputs.py refuses them from a request.
+DEPENDENCY = "dependency"
+
+
 def dependency(name: str, description: str) -> NodeParameter:
     """A live object (engine, client, cipher) handed to a node through its config, never between nodes."""
-    return NodeParameter(name=name, type=object, required=True, description=description)
+    return NodeParameter(name=name, type=object, required=True, description=description, category=DEPENDENCY)
 
 
 def value(name: str, description: str, *, required: bool = True, default: Any = None) -> NodeParameter:

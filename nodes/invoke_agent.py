@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kailash.nodes.base import register_node
+from kailash.nodes.base import NodeParameter, register_node
 
 from external_agents.nodes.base import ExternalAgentNode, dependency, value
 
@@ -22,10 +22,17 @@ class InvokeExternalAgentNode(ExternalAgentNode):
             "runner": dependency("runner", "WorkflowRunner"),
             "invoke_workflow": dependency("invoke_workflow", "the invocation workflow"),
             "caller": value("caller", "{api_key_id, organization_id}: set by the channel that runs the workflow"),
-            "agent_id": value("agent_id", "the agent to invoke"),
+            "agent_id": NodeParameter(name="agent_id", type=str, required=True, description="the agent to invoke"),
             "input": value("input", "what to send to the agent"),
-            "identity": value("identity", "external identity fields (external_user_id, ...)"),
-            "context": value("context", "attributes for policies", required=False, default=None),
+            "identity": NodeParameter(
+                name="identity",
+                type=dict,
+                required=True,
+                description="external identity fields (external_user_id, external_user_email, ...)",
+            ),
+            "context": NodeParameter(
+                name="context", type=dict, required=False, default=None, description="attributes for policies"
+            ),
             "workflow_id": value("workflow_id", "the calling workflow, recorded in lineage", required=False),
         }
 

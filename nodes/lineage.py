@@ -457,11 +457,23 @@ def filters_from_export(export: dict[str, Any]) -> LineageFilters:
 async def export_chunks(
     engine: AsyncEngine, *, export: dict[str, Any], batch_size: int = EXPORT_BATCH_SIZE
 ) -> AsyncIterator[str]:
-    """The text of a prepared export, one chunk per batch of rows, read as it is sent."""
+    """The text of a prepared export, one chunk per batch of rows, read as it is sent.
+
+    The first batch is read before this returns, so a database that is down or not migrated fails the call
+    itself (a 503, one line from the CLI) instead of a stream that has sent its "[" and then breaks.
+    """
     batches = lineage_store.iter_lineage_batches(engine, filters=filters_from_export(export), batch_size=batch_size)
+    first = await anext(batches, None)
+
+    async def read() -> AsyncIterator[list[Any]]:
+        if first is None:
+            return
+        yield first
+        async for batch in batches:
+            yield batch
+
     encoders = {"json": _json_chunks, "csv": _csv_chunks, "openlineage": _openlineage_chunks}
-    async for chunk in encoders[export["format"]](batches):
-        yield chunk
+    return encoders[export["format"]](read())
 
 
 def prepare_export(*, caller: dict[str, Any], export_format: Any, filters: dict[str, Any]) -> dict[str, Any]:

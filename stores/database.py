@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,6 +14,12 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from external_agents.settings import Settings
+
+DATABASE_UNAVAILABLE = "Service unavailable: the database cannot be reached; retry shortly"
+DATABASE_NOT_MIGRATED = "Service unavailable: the database is not migrated; run `external-agents migrate`"
+# SQLSTATEs of a statement naming a table or column the database lacks (PostgreSQL's undefined_table and
+# undefined_column), as asyncpg (`sqlstate`) and psycopg2 (`pgcode`) report them.
+_UNDEFINED_OBJECT_STATES = frozenset({"42P01", "42703"})
 
 
 def _json_dumps(value: Any) -> str:
@@ -72,3 +80,32 @@ def database_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, IntegrityError | DataError | ProgrammingError):
         return False
     return isinstance(exc, DBAPIError | PoolTimeoutError | OSError)
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and every exception it was raised from or while handling, outermost first."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def schema_missing(exc: BaseException) -> bool:
+    """A statement named a table or column the database does not have: it is not migrated (or only partly)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return str(exc).startswith(("no such table", "no such column"))
+    state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    return state in _UNDEFINED_OBJECT_STATES
+
+
+def database_fault(exc: BaseException) -> str | None:
+    """The 503 detail when `exc`, or anything it was raised from, says the database cannot serve now (unreachable,
+    or not migrated); None for any other fault."""
+    chain = list(causes(exc))
+    if any(schema_missing(cause) for cause in chain):
+        return DATABASE_NOT_MIGRATED
+    if any(database_unavailable(cause) for cause in chain):
+        return DATABASE_UNAVAILABLE
+    return None

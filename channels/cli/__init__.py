@@ -14,16 +14,44 @@ answers at once.
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperGroup
 
 from external_agents.channels.cli import invocations, reconcile, server
 from external_agents.channels.cli.agents import agents_app
 from external_agents.channels.cli.keys import keys_app
 from external_agents.channels.cli.lineage import lineage_app
+from external_agents.channels.cli.output import EXIT_UNAVAILABLE, fail
 from external_agents.channels.cli.policies import policies_app
 from external_agents.channels.cli.workflows import workflows_app
 
+
+class _CommandGroup(TyperGroup):
+    """Every command's way out when a service it needs is down: one line and exit 5, never a traceback.
+
+    Commands report their own refusals; this catches what reaches the top (an operator command's database call,
+    `serve`'s start-up checks) and says which service is not available.
+    """
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            # Already reported (their context may hold the fault they report: it must not be reported twice).
+            raise
+        except Exception as exc:
+            from external_agents.channels.cli.calls import unavailable_reason
+
+            reason = unavailable_reason(exc)
+            if reason is None:
+                raise
+            fail(reason, EXIT_UNAVAILABLE)
+
+
 app = typer.Typer(
+    cls=_CommandGroup,
     help="External Agents: the governed gateway to agents on external platforms.",
     no_args_is_help=True,
     # A traceback's local variables may hold an API key or credentials.

@@ -26,6 +26,7 @@ from external_agents.channels.cli.output import (
     EXIT_DENIED,
     EXIT_FAILED,
     EXIT_NOT_FOUND,
+    EXIT_UNAVAILABLE,
     emit_json,
     errors,
     fail,
@@ -61,6 +62,28 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
 
 
+def unavailable_reason(exc: BaseException) -> str | None:
+    """One line naming the service that is not available, when `exc` (or what it was raised from) says one is:
+    the database unreachable or not migrated, or Redis unreachable. None for any other fault."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from external_agents.stores.database import DATABASE_NOT_MIGRATED, causes, database_fault
+
+    chain = list(causes(exc))
+    # The innermost type says what happened (ConnectionRefusedError, a DNS failure, ...); its text may name hosts
+    # and users, so only the type is shown.
+    root = type(chain[-1]).__name__
+    if any(isinstance(cause, RedisConnectionError | RedisTimeoutError) for cause in chain):
+        return f"Redis cannot be reached ({root}): is REDIS_URL right and Redis running?"
+    detail = database_fault(exc)
+    if detail == DATABASE_NOT_MIGRATED:
+        return "the database is not migrated: run `external-agents migrate` first"
+    if detail is not None:
+        return f"the database cannot be reached ({root}): is DATABASE_URL right and the database running?"
+    return None
+
+
 def run_with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     """Run an operator's work on the configured database; a refusal exits 2 (bad input) or 1, with one line."""
     from external_agents.errors import ExternalAgentsError, ValidationError
@@ -78,7 +101,7 @@ def run_with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[
     except ValidationError as exc:
         fail(exc.detail, EXIT_CONFIG)
     except ExternalAgentsError as exc:
-        fail(exc.detail)
+        fail(exc.detail, exit_code_for_status(exc.status_code))
 
 
 @dataclass(frozen=True)
@@ -107,13 +130,20 @@ def target(*, url: str | None, api_key: str | None, org: str | None) -> Target:
 
 
 def exit_code_for(error: GatewayError) -> int:
-    status = error.status_code
-    if status in (402, 429) or (status == 403 and "policy_id" in error.body):
+    if error.status_code == 403 and "policy_id" in error.body:
+        return EXIT_DENIED
+    return exit_code_for_status(error.status_code)
+
+
+def exit_code_for_status(status: int) -> int:
+    if status in (402, 429):
         return EXIT_DENIED
     if status == 404:
         return EXIT_NOT_FOUND
     if status in (400, 401, 413):
         return EXIT_CONFIG
+    if status == 503:
+        return EXIT_UNAVAILABLE
     return EXIT_FAILED
 
 
@@ -174,8 +204,8 @@ async def _call(where: Target, settings: Settings | None, operation: Callable[[G
     from external_agents.nexus_app import configure_logging
 
     assert settings is not None
-    # Refusals are reported in one line by `call`; the engine's own error lines would repeat them.
-    configure_logging(logging.WARNING)
+    # Refusals are reported in one line by `call`; the engine's own warning and error lines would repeat them.
+    configure_logging(logging.ERROR)
     state = build_state(settings)
     try:
         gateway = LocalGateway(state, await local_caller(state, where))
@@ -201,6 +231,9 @@ def call(where: Target, operation: Callable[[Gateway], Awaitable[T]], *, as_json
             emit_json(exc.body)
         fail(describe(exc), exit_code_for(exc))
     except Exception as exc:
+        reason = unavailable_reason(exc)
+        if reason is not None:
+            fail(reason, EXIT_UNAVAILABLE)
         # Its text may carry a driver's message with user data: the type says enough to start looking.
         fail(f"the operation failed unexpectedly ({type(exc).__name__})")
 

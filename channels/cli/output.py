@@ -3,7 +3,9 @@ JSON options it reads (or @FILE). Rich and Typer only: this module is loaded for
 
 Exit codes: 0 done; 1 the operation failed (a permission refusal, a conflict, a failed delivery, a fault);
 2 bad arguments or configuration (invalid JSON, a missing option, a value the API refuses, an invalid key);
-3 not found; 4 refused by governance (policy 403, budget 402, rate limit 429).
+3 not found; 4 refused by governance (policy 403, budget 402, rate limit 429); 5 a service it needs is not
+available (the database or Redis cannot be reached, the database is not migrated, `serve`'s port is in use,
+or a gateway answered 503): nothing is wrong with the command, run it again once that is fixed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_NOT_FOUND = 3
 EXIT_DENIED = 4
+EXIT_UNAVAILABLE = 5
 
 JSON_HELP = "JSON, or @FILE to read it from a file"
 

@@ -14,9 +14,10 @@ from external_agents.channels.cli.calls import (
     run,
     run_with_engine,
     settings_or_exit,
+    unavailable_reason,
 )
 from external_agents.channels.cli.options import ApiKey
-from external_agents.channels.cli.output import EXIT_CONFIG, console, fail
+from external_agents.channels.cli.output import EXIT_CONFIG, EXIT_UNAVAILABLE, console, fail
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,6 +32,7 @@ def serve(
 ) -> None:
     """Run the REST API with the MCP server at /mcp and Prometheus metrics at /metrics."""
     settings = settings_or_exit(embedded_key=True)
+    from external_agents.nexus_app import StartupError
     from external_agents.nexus_app import serve as serve_app
     from external_agents.settings import SettingsError
 
@@ -38,6 +40,8 @@ def serve(
         serve_app(host=host, port=port, workers=workers, settings=settings)
     except SettingsError as exc:
         fail(str(exc), EXIT_CONFIG)
+    except StartupError as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
 
 
 def migrate(
@@ -68,7 +72,12 @@ def migrate(
         else:
             migrations.upgrade(settings, dry_run=dry_run, report=report)
     except Exception as exc:
-        fail(f"migration failed, nothing was changed: {type(exc).__name__}: {exc}")
+        reason = unavailable_reason(exc)
+        if reason is not None:
+            fail(reason, EXIT_UNAVAILABLE)
+        # The first line only: a driver's message goes on with its SQL and a link.
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        fail(f"migration failed, nothing was changed: {type(exc).__name__}: {first_line}")
 
 
 def rotate_key() -> None:

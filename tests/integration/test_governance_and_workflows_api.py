@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.factories import IDENTITY, invoke, new_org, register, rows
 
 
@@ -81,3 +83,55 @@ async def test_existing_workflow_can_invoke_an_agent_under_governance(client, or
         id=outcome["invocation_id"],
     )
     assert row == {"workflow_id": "notify_agent", "organization_id": org.organization_id}
+
+
+@pytest.mark.parametrize(
+    ("inputs", "field", "message"),
+    [
+        ({}, "inputs.notify.agent_id", "is required"),
+        ({"notify": {"agent_id": "a", "input": "x"}}, "inputs.notify.identity", "is required"),
+        ({"notify": {"input": "x", "identity": {}}}, "inputs.notify.agent_id", "is required"),
+        ({"notify": {"agent_id": 42, "input": "x", "identity": {}}}, "inputs.notify.agent_id", "must be a string"),
+        ({"notify": {"agent_id": "a", "input": "x", "identity": "me"}}, "inputs.notify.identity", "must be an object"),
+        (
+            {"notify": {"agent_id": "a", "input": "x", "identity": {}, "context": [1]}},
+            "inputs.notify.context",
+            "must be an object",
+        ),
+        ({"greet": {"name": 7}}, "inputs.greet.name", "must be a string"),
+    ],
+)
+async def test_workflow_inputs_are_validated_with_a_400_naming_the_field(client, org, inputs, field, message):
+    workflow = "greeting" if "greet" in inputs else "notify_agent"
+    response = await client.post(f"/api/workflows/{workflow}/execute", json={"inputs": inputs}, headers=org.headers)
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"] == f"{field} {message}"
+
+
+@pytest.mark.parametrize("dependency", ["runner", "invoke_workflow"])
+async def test_a_request_cannot_replace_a_nodes_injected_dependency(client, org, gateway, platform_server, dependency):
+    agent = await register(client, org, platform_server, path="/injected", name=f"injected-{dependency}")
+    identity = dict(
+        zip(
+            ("external_user_id", "external_user_email", "external_system", "external_session_id"),
+            IDENTITY.values(),
+            strict=True,
+        )
+    )
+    node = {"agent_id": agent["id"], "input": "x", "identity": identity}
+    hostile = {"notify": {**node, dependency: "not the real one"}}
+
+    refused = await client.post("/api/workflows/notify_agent/execute", json={"inputs": hostile}, headers=org.headers)
+
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["detail"] == (
+        f"inputs.notify.{dependency} is the node's injected dependency; a request cannot set it"
+    )
+    assert platform_server.requests("/injected") == []
+    # The same request without the override runs the node with its real dependencies.
+    ran = await client.post(
+        "/api/workflows/notify_agent/execute", json={"inputs": {"notify": node}}, headers=org.headers
+    )
+    assert ran.status_code == 200, ran.text
+    assert ran.json()["outputs"]["notify"]["invocation"]["status"] == "success"
+    assert len(platform_server.requests("/injected")) == 1

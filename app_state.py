@@ -29,6 +29,7 @@ from external_agents.nodes.governance.rate_limiter import (
 )
 from external_agents.nodes.platforms.auth import OAuth2TokenCache
 from external_agents.nodes.platforms.base import DeliveryOptions
+from external_agents.nodes.platforms.bulkhead import DeliveryBulkhead
 from external_agents.settings import Settings
 from external_agents.stores.database import create_engine
 from external_agents.stores.invocations import keep_replaying
@@ -141,10 +142,13 @@ def build_state(settings: Settings, *, host_workflows: dict[str, Workflow] | Non
     redis = redis_from(settings)
     limiter = limiter_from(settings, redis)
     policy_cache = PolicyCache(engine, redis=redis)
+    per_host = settings.external_agent_max_concurrent_deliveries_per_host
     # Redirects are never followed: a webhook URL is checked before delivery, a redirect target would not be.
+    # The pool holds several hosts' worth of their bulkhead limit, so one host (its deliveries capped at
+    # `per_host`) can never take the connections every other host needs.
     http_client = httpx.AsyncClient(
         follow_redirects=False,
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+        limits=httpx.Limits(max_connections=max(200, 4 * per_host), max_keepalive_connections=100),
     )
     journal = UnrecordedJournal(settings.kaizen_data_dir / "unrecorded")
     # Made once per process: the owner of the pending rows this process writes.
@@ -165,6 +169,9 @@ def build_state(settings: Settings, *, host_workflows: dict[str, Workflow] | Non
             client=http_client,
             options=options,
             token_cache=OAuth2TokenCache(),
+            bulkhead=DeliveryBulkhead(
+                per_agent=settings.external_agent_max_concurrent_deliveries_per_agent, per_host=per_host
+            ),
             alert_channel_name=settings.external_agent_alert_channel_name,
             journal=journal,
             lease=lease,

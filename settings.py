@@ -90,6 +90,9 @@ class Settings(BaseSettings):
 
     external_agent_webhook_timeout_seconds: float = Field(30.0, gt=0, le=600)
     external_agent_webhook_retry_attempts: int = Field(3, ge=0, le=10)
+    # Bulkheads: deliveries in flight at once per agent and per platform host (beyond them: 503, retry shortly).
+    external_agent_max_concurrent_deliveries_per_agent: int = Field(50, gt=0, le=10_000)
+    external_agent_max_concurrent_deliveries_per_host: int = Field(100, gt=0, le=10_000)
 
     external_agent_policy_conflict_resolution: ConflictResolution = ConflictResolution.DENY_OVERRIDES
     external_agent_policy_fail_mode: PolicyFailMode = PolicyFailMode.CLOSED

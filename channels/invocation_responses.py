@@ -26,6 +26,8 @@ from external_agents.nodes.invocation_state import (
 DENIAL_STATUS: dict[type[Any], int] = {PolicyDenied: 403, RateLimited: 429, BudgetExceeded: 402}
 FAILED_DELIVERY_STATUS = {"failure": 502, "timeout": 504}
 FAILED_DELIVERY_CODES = {"failure": "PLATFORM_ERROR", "timeout": "PLATFORM_TIMEOUT"}
+# A delivery the bulkhead turned away was never attempted: the caller may simply retry in a moment.
+SATURATED_RETRY_AFTER_SECONDS = 1
 
 
 def _iso(epoch_seconds: float) -> str:
@@ -84,6 +86,10 @@ def invocation_response(outcome: InvocationOutcome, *, request_id: str) -> JSONR
     result = outcome.result
     if isinstance(result, Delivered):
         return JSONResponse(success_body(outcome), headers=headers)
+    if isinstance(result, DeliveryFailed) and result.saturated:
+        headers["Retry-After"] = str(SATURATED_RETRY_AFTER_SECONDS)
+        body = error_body(503, result.error, request_id=request_id, error_code="SERVICE_UNAVAILABLE", **ids)
+        return JSONResponse(body, status_code=503, headers=headers)
     if isinstance(result, DeliveryFailed):
         status = outcome.status
         status_code = FAILED_DELIVERY_STATUS[status]

@@ -6,11 +6,14 @@ appear in its output, a log line or an error text.
 Usage in a host workflow, after the governance steps::
 
     builder.add_node("DeliverInvocationNode", "deliver", {
-        "cipher": cipher, "client": httpx_client, "options": DeliveryOptions(...), "token_cache": OAuth2TokenCache()})
+        "cipher": cipher, "client": httpx_client, "options": DeliveryOptions(...), "token_cache": OAuth2TokenCache(),
+        "bulkhead": DeliveryBulkhead(per_agent=50, per_host=100)})
     builder.add_connection("budget", "invocation", "deliver", "invocation")
 
 Input `invocation`; output `invocation` with `Delivered` or `DeliveryFailed` (a failure is a result, not an
-exception), and a credentials-accessed audit event. A denied invocation passes through undelivered.
+exception), and a credentials-accessed audit event. A denied invocation passes through undelivered. The
+`bulkhead` bounds deliveries in flight per agent and per host: when it is full the invocation is not delivered
+(`DeliveryFailed` with `saturated`, nothing decrypted or sent, so nothing billed).
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ import httpx
 from kailash.nodes.base import NodeParameter, register_node
 
 from external_agents.credential_cipher import CredentialCipher
-from external_agents.errors import PlatformError, PlatformTimeoutError
+from external_agents.errors import PlatformError, PlatformTimeoutError, ValidationError
 from external_agents.identity import Identity
 from external_agents.money import to_micros
-from external_agents.nodes.base import dependency
+from external_agents.nodes.base import DEPENDENCY, dependency
 from external_agents.nodes.invocation_state import (
     AgentSnapshot,
     AuditEvent,
@@ -36,7 +39,8 @@ from external_agents.nodes.invocation_state import (
 from external_agents.nodes.invocation_step import InvocationStepNode
 from external_agents.nodes.platforms import get_adapter
 from external_agents.nodes.platforms.auth import OAuth2TokenCache
-from external_agents.nodes.platforms.base import DeliveryOptions, DeliveryRequest, DeliveryResult
+from external_agents.nodes.platforms.base import DeliveryOptions, DeliveryRequest, DeliveryResult, PlatformAdapter
+from external_agents.nodes.platforms.bulkhead import DeliveryBulkhead
 from external_agents.nodes.platforms.delivery import deliver
 
 
@@ -95,6 +99,24 @@ def delivery_failed(exc: PlatformError) -> DeliveryFailed:
     )
 
 
+SATURATED = "Too many deliveries in flight for this agent or its platform host; retry shortly"
+
+
+def saturated() -> DeliveryFailed:
+    return DeliveryFailed(
+        timed_out=False, status_code=None, attempts=0, reached_platform=False, error=SATURATED, saturated=True
+    )
+
+
+def destination_host(adapter: PlatformAdapter, platform_config: dict[str, Any]) -> str:
+    """The host a delivery goes to, for its bulkhead; "" when the config names none (delivery then fails on its
+    own, before sending)."""
+    try:
+        return httpx.URL(adapter.endpoint(platform_config)).host
+    except (ValidationError, ValueError, httpx.InvalidURL):
+        return ""
+
+
 def credentials_event(invocation: Invocation) -> AuditEvent:
     return AuditEvent(
         event_type="external_agent.credentials_accessed",
@@ -112,6 +134,15 @@ class DeliverInvocationNode(InvocationStepNode):
             "client": dependency("client", "httpx.AsyncClient shared by all deliveries"),
             "options": dependency("options", "DeliveryOptions: timeout, retries, private webhooks"),
             "token_cache": dependency("token_cache", "OAuth2TokenCache"),
+            # Optional, so a host composing this node keeps working without one (then nothing bounds deliveries).
+            "bulkhead": NodeParameter(
+                name="bulkhead",
+                type=object,
+                required=False,
+                default=None,
+                category=DEPENDENCY,
+                description="DeliveryBulkhead: deliveries in flight per agent and per host (none: unbounded)",
+            ),
         }
 
     async def step(self, invocation: Invocation, **kw: Any) -> Invocation:
@@ -125,15 +156,24 @@ class DeliverInvocationNode(InvocationStepNode):
             context=invocation.request.context,
             identity=invocation.identity,
         )
+        adapter = get_adapter(agent.platform)
+        bulkhead: DeliveryBulkhead | None = kw.get("bulkhead")
+        slot = None
+        if bulkhead is not None:
+            # The host comes from the unsealed config: a webhook URL is itself a secret, stored masked.
+            slot = bulkhead.try_acquire(agent_id=agent.id, host=destination_host(adapter, request.platform_config))
+            if slot is None:
+                return invocation.updated(credentials_event(invocation), delivery=saturated())
         client: httpx.AsyncClient = kw["client"]
         options: DeliveryOptions = kw["options"]
         token_cache: OAuth2TokenCache = kw["token_cache"]
         outcome: Delivery
         try:
-            result = await deliver(
-                request, adapter=get_adapter(agent.platform), client=client, options=options, token_cache=token_cache
-            )
+            result = await deliver(request, adapter=adapter, client=client, options=options, token_cache=token_cache)
             outcome = delivered(result)
         except PlatformError as exc:
             outcome = delivery_failed(exc)
+        finally:
+            if bulkhead is not None and slot is not None:
+                bulkhead.release(slot)
         return invocation.updated(credentials_event(invocation), delivery=outcome)

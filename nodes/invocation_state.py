@@ -174,6 +174,9 @@ class DeliveryFailed:
     # Whether any attempt reached the platform (then the call is billed).
     reached_platform: bool
     error: str
+    # Not attempted: the agent's (or its host's) deliveries in flight were at their bulkhead limit. The caller may
+    # retry shortly; channels answer 503 with Retry-After.
+    saturated: bool = False
 
 
 Delivery = Delivered | DeliveryFailed

@@ -46,6 +46,7 @@ class InvocationDependencies:
     client: Any
     options: Any
     token_cache: Any
+    bulkhead: Any
     alert_channel_name: str
     journal: Any
     lease: Any
@@ -64,6 +65,7 @@ def build_invocation_workflow(deps: InvocationDependencies) -> Workflow:
             "client": deps.client,
             "options": deps.options,
             "token_cache": deps.token_cache,
+            "bulkhead": deps.bulkhead,
         },
         "alerts": {
             "engine": deps.engine,

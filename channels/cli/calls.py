@@ -101,7 +101,7 @@ def run_with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[
     except ValidationError as exc:
         fail(exc.detail, EXIT_CONFIG)
     except ExternalAgentsError as exc:
-        fail(exc.detail, exit_code_for_status(exc.status_code))
+        fail(exc.detail, EXIT_UNAVAILABLE if exc.status_code == 503 else EXIT_FAILED)
 
 
 @dataclass(frozen=True)
@@ -130,19 +130,15 @@ def target(*, url: str | None, api_key: str | None, org: str | None) -> Target:
 
 
 def exit_code_for(error: GatewayError) -> int:
-    if error.status_code == 403 and "policy_id" in error.body:
-        return EXIT_DENIED
-    return exit_code_for_status(error.status_code)
-
-
-def exit_code_for_status(status: int) -> int:
-    if status in (402, 429):
+    status = error.status_code
+    if status in (402, 429) or (status == 403 and "policy_id" in error.body):
         return EXIT_DENIED
     if status == 404:
         return EXIT_NOT_FOUND
     if status in (400, 401, 413):
         return EXIT_CONFIG
-    if status == 503:
+    # A --url gateway that does not answer has always exited 1: the command failed, no service said it was down.
+    if status == 503 and error.body.get("error_code") != "UNREACHABLE":
         return EXIT_UNAVAILABLE
     return EXIT_FAILED
 

@@ -13,7 +13,7 @@ Usage in a host workflow, after the governance steps::
 Input `invocation`; output `invocation` with `Delivered` or `DeliveryFailed` (a failure is a result, not an
 exception), and a credentials-accessed audit event. A denied invocation passes through undelivered. The
 `bulkhead` bounds deliveries in flight per agent and per host: when it is full the invocation is not delivered
-(`DeliveryFailed` with `saturated`, nothing decrypted or sent, so nothing billed).
+(`DeliveryFailed` with `saturated`: nothing sent, so nothing billed).
 """
 
 from __future__ import annotations

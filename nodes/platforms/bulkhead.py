@@ -2,7 +2,7 @@
 
 Without them one agent whose platform hangs holds connections of the shared HTTP pool until each call times
 out, and every other agent's delivery queues behind them (210 hanging calls made another agent's invoke take
-12-13 s). A delivery takes a slot of its agent and of its host before anything is decrypted or sent, without
+12-13 s). A delivery takes a slot of its agent and of its host before anything is sent, without
 waiting: when either is full the invocation is not delivered (its reservation is released, nothing is
 billed) and the caller is told to retry shortly, while every other agent keeps its normal latency.
 

@@ -35,6 +35,7 @@ COMMANDS = {
     "serve": ["serve", "--port", "{port}"],
     "migrate --status": ["migrate", "--status"],
     "keys list": ["keys", "list"],
+    "reconcile": ["reconcile"],
     "agents list": ["agents", "list", "--org", "o"],
     "agents list (key)": ["agents", "list", "--api-key", "eak_anything"],
     "invoke": ["invoke", "some-agent", "--input", '"x"', *IDENTITY_OPTIONS, "--org", "o"],

@@ -138,6 +138,7 @@ def build_state(settings: Settings, *, host_workflows: dict[str, Workflow] | Non
         retry_attempts=settings.external_agent_webhook_retry_attempts,
         allow_private_webhooks=settings.external_agent_allow_private_webhooks,
         allowed_webhook_domains=tuple(settings.external_agent_allowed_webhook_domains),
+        max_reported_cost_usd=settings.external_agent_max_reported_cost_usd,
     )
     redis = redis_from(settings)
     limiter = limiter_from(settings, redis)

@@ -1,7 +1,7 @@
 """The external identity an invocation carries, and the HTTP headers it arrives in, declared once.
 
-REST reads these headers, the command line's remote client sends them, and the invocation pipeline validates
-and records the fields they fill. This module imports nothing but the standard library, so the light
+REST reads these headers and the command line's remote client sends them, both as UTF-8; the invocation
+pipeline validates and records the fields they fill. This module imports nothing but the standard library, so the light
 `--url` client can use it without loading the workflow engine.
 """
 
@@ -31,6 +31,24 @@ IDENTITY_HEADERS: tuple[IdentityHeader, ...] = (
 # A JSON object of attributes for policies; the invoke body's `context` wins over it key by key.
 CONTEXT_HEADER = "X-External-Context"
 MAX_IDENTITY_LENGTH = 255
+
+
+def decode_header_value(value: str) -> str | None:
+    """A header value as the UTF-8 text the client sent, or None when its bytes are not UTF-8.
+
+    HTTP carries header values as bytes, and the ASGI server (through Starlette) hands them over decoded as
+    latin-1, so `zoë@exämple.com` sent as UTF-8 would arrive as `zoÃ«@exÃ¤mple.com`. Re-encoding as latin-1
+    gives back the exact bytes, which are then read as UTF-8.
+    """
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return None
+
+
+def encode_header_value(value: str) -> bytes:
+    """A header value as the UTF-8 bytes the REST API reads (HTTP clients default to ASCII, refusing `ë`)."""
+    return value.encode("utf-8")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

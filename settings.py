@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -93,6 +94,8 @@ class Settings(BaseSettings):
     # Bulkheads: deliveries in flight at once per agent and per platform host (beyond them: 503, retry shortly).
     external_agent_max_concurrent_deliveries_per_agent: int = Field(50, gt=0, le=10_000)
     external_agent_max_concurrent_deliveries_per_host: int = Field(100, gt=0, le=10_000)
+    # A platform's reported cost above this is not believed: the estimate is billed and the record says why.
+    external_agent_max_reported_cost_usd: Decimal = Field(Decimal(1000), gt=0, le=Decimal(10**12), decimal_places=6)
 
     external_agent_policy_conflict_resolution: ConflictResolution = ConflictResolution.DENY_OVERRIDES
     external_agent_policy_fail_mode: PolicyFailMode = PolicyFailMode.CLOSED

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
-from external_agents.identity import CONTEXT_HEADER, IDENTITY_HEADERS
+from external_agents.identity import CONTEXT_HEADER, IDENTITY_HEADERS, encode_header_value
 
 
 class GatewayError(Exception):
@@ -53,7 +53,7 @@ class RemoteGateway:
         *,
         params: dict[str, Any] | None = None,
         json: Any = None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str | bytes] | None = None,
     ) -> Any:
         try:
             response = await self.client.request(
@@ -109,9 +109,13 @@ class RemoteGateway:
         return await self._send("GET", f"/api/external-agents/{_segment(agent_id)}/invocations", params=params)
 
     async def invoke(self, agent_id: str, *, identity: dict[str, Any], body: Any) -> dict[str, Any]:
-        headers = {h.header: identity[h.field] for h in IDENTITY_HEADERS if h.field in identity}
-        if identity.get("external_context") is not None:
-            headers[CONTEXT_HEADER] = identity["external_context"]
+        names = {h.field: h.header for h in IDENTITY_HEADERS} | {"external_context": CONTEXT_HEADER}
+        # As UTF-8 bytes: httpx would encode text as ASCII and refuse `zoë@exämple.com`.
+        headers = {
+            header: encode_header_value(identity[field])
+            for field, header in names.items()
+            if isinstance(identity.get(field), str)
+        }
         return await self._send(
             "POST", f"/api/external-agents/{_segment(agent_id)}/invoke", json=body, headers=_without_none(headers)
         )

@@ -19,8 +19,9 @@ from external_agents.channels.route_support import (
     read_json_body,
     state_of,
 )
+from external_agents.errors import ValidationError
 from external_agents.gateway.operations import run_invocation
-from external_agents.identity import CONTEXT_HEADER, IDENTITY_HEADERS
+from external_agents.identity import CONTEXT_HEADER, IDENTITY_HEADERS, decode_header_value
 from external_agents.request_models import InvocationBody
 from external_agents.stores.database import ping
 
@@ -97,14 +98,25 @@ async def delete_agent(request: Request, agent_id: str) -> Response:
     return await answer(gateway_for(request).delete_agent(agent_id), status_code=204)
 
 
+def utf8_header(request: Request, name: str) -> str | None:
+    """The header's value decoded as UTF-8 (see identity.decode_header_value); a 400 naming it when it is not."""
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    decoded = decode_header_value(value)
+    if decoded is None:
+        raise ValidationError(f"{name}: the header value is not valid UTF-8")
+    return decoded
+
+
 @router.post("/external-agents/{agent_id}/invoke", openapi_extra=json_body_schema(InvocationBody, required=False))
 async def invoke_agent(request: Request, agent_id: str) -> JSONResponse:
     caller = caller_input(request, "invoke:external_agent")
     state = state_of(request)
     # A missing body is refused after the policy check (nodes/invocation.py), so a denying policy answers 403.
     body = await read_json_body(request, required=False)
-    identity: dict[str, Any] = {h.field: request.headers.get(h.header) for h in IDENTITY_HEADERS}
-    identity["external_context"] = request.headers.get(CONTEXT_HEADER)
+    identity: dict[str, Any] = {h.field: utf8_header(request, h.header) for h in IDENTITY_HEADERS}
+    identity["external_context"] = utf8_header(request, CONTEXT_HEADER)
     outcome = await run_invocation(state, caller=caller, agent_id=agent_id, identity=identity, body=body)
     # Unlike the other operations, the response carries the invocation's X-Kaizen-* and rate-limit headers.
     return invocation_response(outcome, request_id=request_id_of(request))

@@ -2,8 +2,10 @@
 organisation's alert channel.
 
 The alert channel is the organisation's external agent named EXTERNAL_AGENT_ALERT_CHANNEL_NAME (any platform).
-Each threshold alerts once per agent and month (BudgetReserveNode claims it); an alert is an operational
-message, delivered without governance, and its failure never fails the invocation.
+Each threshold alerts once per agent and month (BudgetReserveNode claims it); a cost overrun (a platform
+reporting more than cost_per_execution, nodes/cost_overrun.py) alerts once per agent and UTC day, claimed
+here. An alert is an operational message, delivered without governance, and its failure never fails the
+invocation.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from typing import Any
 
 import httpx
 from kailash.nodes.base import NodeParameter, register_node
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from external_agents.errors import PlatformError
 from external_agents.identity import Identity
 from external_agents.nodes.base import dependency
+from external_agents.nodes.cost_overrun import COST_OVERRUN_EVENT
 from external_agents.nodes.delivery import delivery_request, unseal
 from external_agents.nodes.invocation_state import AgentSnapshot, AuditEvent, Invocation
 from external_agents.nodes.invocation_step import InvocationStepNode
@@ -27,6 +31,7 @@ from external_agents.nodes.platforms.base import DeliveryOptions
 from external_agents.nodes.platforms.delivery import deliver
 from external_agents.stores.agents import get_agent_by_name
 from external_agents.stores.database import database_unavailable
+from external_agents.stores.overrun_alerts import claim_overrun_alert
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +55,32 @@ def alert_message(event: AuditEvent, agent: AgentSnapshot) -> dict[str, Any]:
     }
 
 
+def overrun_message(event: AuditEvent, agent: AgentSnapshot) -> dict[str, Any]:
+    reported, billed = event.details["reported_cost_usd"], event.details["billed_cost_usd"]
+    return {
+        "alert": "cost_overrun",
+        "agent_id": agent.id,
+        "agent_name": agent.name,
+        "reported_cost_usd": reported,
+        "billed_cost_usd": billed,
+        "message": (
+            f"External agent '{agent.name}' reported a cost of ${reported} for one call, above its cost_per_execution;"
+            f" ${billed} was billed. Raise cost_per_execution if the platform's price has changed."
+        ),
+    }
+
+
+async def claimed_overrun(engine: AsyncEngine, invocation: Invocation) -> AuditEvent | None:
+    """This invocation's overrun event, if it has one and is the first of its agent's UTC day to claim the alert."""
+    event = next((e for e in invocation.audit_events if e.event_type == COST_OVERRUN_EVENT), None)
+    if event is None or invocation.reservation is None:
+        return None
+    return event if await claim_overrun_alert(engine, day_id=invocation.reservation.day_id) else None
+
+
 @register_node()
 class SendBudgetAlertsNode(InvocationStepNode):
-    """Deliver this invocation's threshold alerts, if any, to the organisation's alert channel."""
+    """Deliver this invocation's threshold and overrun alerts, if any, to the organisation's alert channel."""
 
     def dependencies(self) -> dict[str, NodeParameter]:
         return {
@@ -66,9 +94,11 @@ class SendBudgetAlertsNode(InvocationStepNode):
 
     async def step(self, invocation: Invocation, **kw: Any) -> Invocation:
         alerts = alerts_of(invocation)
-        if not alerts:
-            return invocation
         try:
+            # Claimed before the alert channel is looked up: the claim is what limits overrun alerts to one a day.
+            overrun = await claimed_overrun(kw["engine"], invocation)
+            if not alerts and overrun is None:
+                return invocation
             channel = await get_agent_by_name(
                 kw["engine"], organization_id=invocation.caller.organization_id, name=kw["channel_name"]
             )
@@ -85,13 +115,17 @@ class SendBudgetAlertsNode(InvocationStepNode):
         token_cache: OAuth2TokenCache = kw["token_cache"]
         view = AgentSnapshot.from_row(channel)
         sealed = unseal(kw["cipher"], view)
-        for event in alerts:
+        agent = invocation.loaded_agent
+        messages = [alert_message(event, agent) for event in alerts]
+        if overrun is not None:
+            messages.append(overrun_message(overrun, agent))
+        for message in messages:
             request = delivery_request(
                 agent=view,
                 sealed=sealed,
                 invocation_id=f"alert-{uuid.uuid4()}",
                 trace_id=invocation.trace_id,
-                input=alert_message(event, invocation.loaded_agent),
+                input=message,
                 context={},
                 identity=Identity(external_system="external-agents"),
             )

@@ -18,6 +18,7 @@ exception), and a credentials-accessed audit event. A denied invocation passes t
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -28,6 +29,7 @@ from external_agents.errors import PlatformError, PlatformTimeoutError, Validati
 from external_agents.identity import Identity
 from external_agents.money import to_micros
 from external_agents.nodes.base import DEPENDENCY, dependency
+from external_agents.nodes.cost_overrun import overrun_event
 from external_agents.nodes.invocation_state import (
     AgentSnapshot,
     AuditEvent,
@@ -42,6 +44,8 @@ from external_agents.nodes.platforms.auth import OAuth2TokenCache
 from external_agents.nodes.platforms.base import DeliveryOptions, DeliveryRequest, DeliveryResult, PlatformAdapter
 from external_agents.nodes.platforms.bulkhead import DeliveryBulkhead
 from external_agents.nodes.platforms.delivery import deliver
+from external_agents.nodes.platforms.reported_cost import parse_reported_cost
+from external_agents.storable_values import storable_output, storable_text
 
 
 def delivery_request(
@@ -79,13 +83,19 @@ def unseal(cipher: CredentialCipher, agent: AgentSnapshot) -> dict[str, Any]:
     return cipher.decrypt(agent.sealed_credentials) if agent.sealed_credentials else {}
 
 
-def delivered(result: DeliveryResult) -> Delivered:
-    reported = result.reported_cost_usd
+def delivered(result: DeliveryResult, *, max_reported_cost_usd: Decimal) -> Delivered:
+    """The delivery as the record needs it: the reported cost parsed strictly, the output storable, and a note
+    saying what was ignored or changed (a cost not believed, an output kept as text)."""
+    reported = parse_reported_cost(result.reported_cost, maximum=max_reported_cost_usd)
+    # Adapters make their output storable; this is the guarantee for whatever one returns.
+    output = storable_output(result.output)
+    notes = [note for note in (result.note, output.note, reported.note) if note]
     return Delivered(
         status_code=result.status_code,
-        output=result.output,
-        reported_cost_micros=to_micros(reported) if reported is not None else None,
+        output=output.value,
+        reported_cost_micros=to_micros(reported.usd) if reported.usd is not None else None,
         attempts=result.attempts,
+        record_note="; ".join(notes) or None,
     )
 
 
@@ -95,7 +105,8 @@ def delivery_failed(exc: PlatformError) -> DeliveryFailed:
         status_code=exc.platform_status,
         attempts=exc.attempts,
         reached_platform=exc.reached_platform,
-        error=exc.detail,
+        # A platform's error text can hold NUL, which PostgreSQL's text refuses.
+        error=storable_text(exc.detail),
     )
 
 
@@ -170,10 +181,12 @@ class DeliverInvocationNode(InvocationStepNode):
         outcome: Delivery
         try:
             result = await deliver(request, adapter=adapter, client=client, options=options, token_cache=token_cache)
-            outcome = delivered(result)
+            outcome = delivered(result, max_reported_cost_usd=options.max_reported_cost_usd)
         except PlatformError as exc:
             outcome = delivery_failed(exc)
         finally:
             if bulkhead is not None and slot is not None:
                 bulkhead.release(slot)
-        return invocation.updated(credentials_event(invocation), delivery=outcome)
+        delivered_invocation = invocation.updated(credentials_event(invocation), delivery=outcome)
+        overrun = overrun_event(delivered_invocation)
+        return delivered_invocation if overrun is None else delivered_invocation.updated(overrun)

@@ -160,9 +160,11 @@ class Delivered:
     # The platform's HTTP status.
     status_code: int | None
     output: Any
-    # What the platform said the call cost, if it said.
+    # What the platform said the call cost, if it said so in a form we accept (see reported_cost.py).
     reported_cost_micros: int | None
     attempts: int
+    # What the record should say about this answer: a reported cost ignored, an output kept as text.
+    record_note: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

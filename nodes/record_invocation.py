@@ -24,6 +24,7 @@ from kailash.nodes.base import NodeParameter, register_node
 
 from external_agents.money import to_micros, to_usd
 from external_agents.nodes.base import dependency
+from external_agents.nodes.cost_overrun import billed_micros, overrun_micros
 from external_agents.nodes.invocation_state import (
     AuditEvent,
     BudgetExceeded,
@@ -55,15 +56,24 @@ def result_of(invocation: Invocation) -> Result:
 
 
 def actual_micros(invocation: Invocation) -> int | None:
-    """What the invocation costs: the platform's reported cost, else the estimate; None if nothing is owed."""
+    """What the invocation costs: the platform's reported cost up to the reservation (cost_overrun.py), else the
+    estimate; None if nothing is owed."""
     delivery = invocation.delivery
     if invocation.denied or delivery is None:
         return None
     if isinstance(delivery, DeliveryFailed):
         return to_micros(invocation.loaded_agent.cost_per_execution) if delivery.reached_platform else None
-    if delivery.reported_cost_micros is not None:
-        return delivery.reported_cost_micros
-    return to_micros(invocation.loaded_agent.cost_per_execution)
+    return billed_micros(invocation, delivery)
+
+
+def recorded_cost_fields(invocation: Invocation) -> dict[str, Any]:
+    """The platform's reported cost where it differs from the billed one (an overrun), and the answer's note."""
+    delivery = invocation.delivery
+    overrun = overrun_micros(invocation)
+    return {
+        "reported_cost_usd": to_usd(overrun) if overrun is not None else None,
+        "record_note": delivery.record_note if isinstance(delivery, Delivered) else None,
+    }
 
 
 def lineage_row(
@@ -96,6 +106,7 @@ def lineage_row(
         "webhook_attempts": delivery.attempts if delivery is not None and not denied else None,
         "request_timestamp": invocation.request_timestamp,
         "response_timestamp": response_timestamp,
+        **recorded_cost_fields(invocation),
     }
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
+import socket
 import sqlite3
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -74,12 +76,75 @@ async def ping(engine: AsyncEngine) -> None:
         await connection.execute(sa.text("SELECT 1"))
 
 
+DatabaseErrorKind = Literal["unavailable", "refused"]
+
+# The database (or its driver, before sending) refused these values: the same statement fails again, so it is
+# never retried or journalled as it is (stores/invocations.py stores a normalised record instead).
+_REFUSED: tuple[type[BaseException], ...] = (
+    IntegrityError,
+    DataError,
+    ProgrammingError,
+    # asyncpg's client-side refusal of a value (an integer out of range...); it is also an InterfaceError.
+    asyncpg.exceptions.DataError,
+    # Raised while encoding parameters: a lone surrogate, an integer too large for the column or for SQLite.
+    UnicodeError,
+    OverflowError,
+)
+# SQLSTATE classes of a refused statement: 22 data exception (NaN in jsonb, U+0000 in text), 23 integrity
+# constraint violation, 42 syntax error or access rule violation, 54 program limit exceeded.
+_REFUSED_SQLSTATE_CLASSES = ("22", "23", "42", "54")
+# Raised when PostgreSQL refuses, drops or cannot yet take connections (asyncpg's own types, or OS socket
+# errors from connecting), whichever layer wrapped them.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.InterfaceError,
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+    PoolTimeoutError,
+)
+
+
+def _refused(exc: BaseException) -> bool:
+    if isinstance(exc, _REFUSED):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(exc, asyncpg.exceptions.PostgresError) and str(sqlstate)[:2] in _REFUSED_SQLSTATE_CLASSES
+
+
+def database_error_kind(exc: BaseException) -> DatabaseErrorKind | None:
+    """What a failed database operation means, the one classification every layer uses (database_fault
+    below turns it into the 503 a channel answers).
+
+    "unavailable": the database could not be reached or could not answer now (connection refused or lost,
+    server starting or shutting down, pool exhausted, SQLite busy); another attempt later may succeed, so a
+    record is retried and then journalled, and a request gets a 503. "refused": the database answered and will
+    not take these values, whenever asked; retrying it is pointless and journalling it would only defer the
+    refusal. None: not a database fault.
+    """
+    chain = list(causes(exc))
+    if any(_refused(current) for current in chain):
+        return "refused"
+    for current in chain:
+        if isinstance(current, _UNREACHABLE):
+            return "unavailable"
+        if isinstance(current, DBAPIError):
+            # Any other driver error (SQLite locked, a read-only standby after failover) is the database's state,
+            # not the statement's.
+            return "unavailable"
+    return None
+
+
 def database_unavailable(exc: BaseException) -> bool:
     """A fault another attempt may get past (connection lost or refused, server starting up, pool exhausted),
-    as opposed to a statement the database refuses, which would fail the same way again."""
-    if isinstance(exc, IntegrityError | DataError | ProgrammingError):
-        return False
-    return isinstance(exc, DBAPIError | PoolTimeoutError | OSError)
+    as opposed to a statement the database refuses, which would fail the same way again (database_error_kind)."""
+    return database_error_kind(exc) == "unavailable" or (isinstance(exc, OSError) and not _refused(exc))
+
+
+def database_refused(exc: BaseException) -> bool:
+    return database_error_kind(exc) == "refused"
 
 
 def causes(exc: BaseException) -> Iterator[BaseException]:

@@ -27,7 +27,7 @@ from external_agents.models import TABLES
 from external_agents.models.invocation_lineage import PENDING
 from external_agents.stores.audit import audit_log, audit_row, insert_audit_rows
 from external_agents.stores.budgets import Reservation, release, settle
-from external_agents.stores.database import autocommit, database_unavailable, ping
+from external_agents.stores.database import autocommit, database_refused, database_unavailable, ping
 from external_agents.stores.lineage import (
     ERASURE_EVENT,
     PERSONAL_JSON_COLUMNS,
@@ -37,6 +37,7 @@ from external_agents.stores.lineage import (
     erased,
     erased_since,
 )
+from external_agents.stores.refused_records import storable_record
 from external_agents.stores.unrecorded import InvocationRecord, UnrecordedJournal
 
 logger = logging.getLogger(__name__)
@@ -185,6 +186,14 @@ async def record_invocation(
                     if attempt.retry_state.attempt_number == 1:
                         raise
     except Exception as exc:
+        if database_refused(exc) and not isinstance(exc, IntegrityError):
+            # Refused, not unreachable: asking again would fail the same way, so the record is stored in a form
+            # the database takes (a second refusal is raised).
+            logger.warning(
+                "invocation.record_refused invocation_id=%s error=%s", record.invocation_id, type(exc).__name__
+            )
+            await _record_once(engine, storable_record(record, refusal=exc))
+            return True
         if journal is None or not database_unavailable(exc):
             raise
         try:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import httpx
 
 from external_agents.errors import ValidationError
+from external_agents.nodes.platforms.reported_cost import DEFAULT_MAX_REPORTED_COST_USD
 
 ELLIPSIS = "…"
 
@@ -85,6 +86,8 @@ class DeliveryOptions:
     max_retry_after_seconds: float = 30
     # A response becomes lineage output; an unbounded one would exhaust memory.
     max_response_bytes: int = 1_048_576
+    # EXTERNAL_AGENT_MAX_REPORTED_COST_USD: a larger reported cost is ignored (reported_cost.py).
+    max_reported_cost_usd: Decimal = DEFAULT_MAX_REPORTED_COST_USD
 
     def __post_init__(self) -> None:
         if self.timeout_seconds <= 0:
@@ -94,11 +97,23 @@ class DeliveryOptions:
 
 
 @dataclass(frozen=True)
+class PlatformAnswer:
+    """What an adapter reads from a platform's 2xx answer."""
+
+    output: Any
+    # The cost the platform reported, exactly as it wrote it (parsed strictly by delivery, see reported_cost.py).
+    reported_cost: str | None = None
+    # Why the output is not the platform's answer as parsed (kept as text, characters replaced), if it is not.
+    note: str | None = None
+
+
+@dataclass(frozen=True)
 class DeliveryResult:
     status_code: int
     output: Any
-    reported_cost_usd: Decimal | None
+    reported_cost: str | None
     attempts: int
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,7 +168,7 @@ class PlatformAdapter(ABC):
         """The platform's documented payload for this invocation."""
 
     @abstractmethod
-    def parse_response(self, response: httpx.Response) -> tuple[Any, Decimal | None]:
+    def parse_response(self, response: httpx.Response) -> PlatformAnswer:
         """The invocation output and the cost the platform reported (None when it reports none).
 
         Called for 2xx responses only; may raise PlatformError when a platform reports failure in a 2xx.

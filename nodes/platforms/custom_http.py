@@ -2,7 +2,9 @@
 
 This is the adapter for agents that really answer (the chat platforms only acknowledge), so the response body
 becomes the invocation `output` (parsed when it is JSON) and the endpoint may report what the call cost, in a
-top-level `cost_usd` number or an `X-Cost-USD` header, read exactly as a Decimal.
+top-level `cost_usd` number or an `X-Cost-USD` header; the figure is passed on as the text it sent, for
+delivery to parse strictly (reported_cost.py). An answer that is JSON but not storable as JSON (NaN,
+Infinity, `1e400`, a lone surrogate, NUL: see storable_values.py) is kept as its text, with a note.
 
 GET and DELETE carry no body (many servers and proxies drop one), so for those the envelope's fields go in the
 query string, with `input` and `context` as JSON text. Each request carries `Idempotency-Key: <invocation id>`
@@ -14,9 +16,7 @@ so an endpoint can recognise a retried delivery.
 from __future__ import annotations
 
 import json
-import logging
 import math
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import httpx
@@ -26,13 +26,14 @@ from external_agents.nodes.platforms.base import (
     DeliveryRequest,
     OutgoingRequest,
     PlatformAdapter,
+    PlatformAnswer,
     check_fields,
     encode_json,
     require_http_url,
     validate_headers,
 )
-
-logger = logging.getLogger(__name__)
+from external_agents.request_models import load_json
+from external_agents.storable_values import storable_output
 
 METHODS = ("POST", "GET", "PUT", "PATCH", "DELETE")
 COST_HEADER = "X-Cost-USD"
@@ -91,17 +92,30 @@ class CustomHttpAdapter(PlatformAdapter):
             method=method, url=config["url"], payload=envelope, headers=headers, timeout_seconds=timeout
         )
 
-    def parse_response(self, response: httpx.Response) -> tuple[Any, Decimal | None]:
+    def parse_response(self, response: httpx.Response) -> PlatformAnswer:
+        header_cost = response.headers.get(COST_HEADER)
         if not response.content:
-            return None, _header_cost(response)
-        if _is_json(response):
-            try:
-                body = response.json()
-            except ValueError:
-                return response.text, _header_cost(response)
-            cost = _body_cost(response) if isinstance(body, dict) and "cost_usd" in body else None
-            return body, cost if cost is not None else _header_cost(response)
-        return response.text, _header_cost(response)
+            return PlatformAnswer(None, reported_cost=header_cost)
+        if not _is_json(response):
+            return _text_answer(response.text, reported_cost=header_cost)
+        # Parsing a large answer twice costs milliseconds: only when it may name a cost.
+        body_cost = _body_cost(response.content) if b'"cost_usd"' in response.content else None
+        cost = body_cost if body_cost is not None else header_cost
+        try:
+            body = load_json(response.content)
+        except json.JSONDecodeError:
+            return _text_answer(response.text, reported_cost=cost)
+        except ValidationError as exc:
+            return _text_answer(
+                response.text, reported_cost=cost, note=f"output kept as text, not storable as JSON: {exc.detail}"
+            )
+        output = storable_output(body, raw_text=response.text)
+        return PlatformAnswer(output.value, reported_cost=cost, note=output.note)
+
+
+def _text_answer(text: str, *, reported_cost: str | None, note: str | None = None) -> PlatformAnswer:
+    output = storable_output(text)
+    return PlatformAnswer(output.value, reported_cost=reported_cost, note=note or output.note)
 
 
 def _query(envelope: dict[str, Any]) -> dict[str, str]:
@@ -118,29 +132,19 @@ def _is_json(response: httpx.Response) -> bool:
     return media_type == "application/json" or media_type.endswith("+json")
 
 
-def _body_cost(response: httpx.Response) -> Decimal | None:
-    # Parsed again with Decimal floats so 0.1 is exactly 0.1, not the nearest binary fraction.
-    value = json.loads(response.content, parse_float=Decimal).get("cost_usd")
-    if isinstance(value, bool) or not isinstance(value, int | Decimal):
-        logger.warning("custom_http.cost_ignored reason=cost_usd_not_a_number")
-        return None
-    return _valid_cost(Decimal(value))
+class _NumberText(str):
+    """A JSON number's literal text, told apart from a JSON string holding the same characters."""
 
 
-def _header_cost(response: httpx.Response) -> Decimal | None:
-    value = response.headers.get(COST_HEADER)
-    if value is None:
-        return None
+def _body_cost(content: bytes) -> str | None:
+    """The top-level `cost_usd` number of a JSON object body, as the platform wrote it. Numbers stay text here:
+    nothing converts them before the strict parser has bounded their length."""
     try:
-        return _valid_cost(Decimal(value.strip()))
-    except InvalidOperation:
-        logger.warning("custom_http.cost_ignored reason=header_not_a_number")
+        body = json.loads(content, parse_float=_NumberText, parse_int=_NumberText, parse_constant=_NumberText)
+    except (ValueError, RecursionError):
         return None
-
-
-def _valid_cost(cost: Decimal) -> Decimal | None:
-    # A bad figure from the endpoint must not fail a delivery that succeeded; the estimate is used instead.
-    if not cost.is_finite() or cost < 0:
-        logger.warning("custom_http.cost_ignored reason=negative_or_not_finite")
+    if not isinstance(body, dict) or "cost_usd" not in body:
         return None
-    return cost
+    value = body["cost_usd"]
+    # Not a number (a string, null): no report here, so an X-Cost-USD header still counts.
+    return str(value) if isinstance(value, _NumberText) else None

@@ -396,9 +396,13 @@ class _Delivery:
     def _result(self, response: httpx.Response) -> DeliveryResult:
         status = response.status_code
         if response.is_success:
-            output, cost = self.adapter.parse_response(response)
+            answer = self.adapter.parse_response(response)
             return DeliveryResult(
-                status_code=status, output=self.scrub_output(output), reported_cost_usd=cost, attempts=self.attempts
+                status_code=status,
+                output=self.scrub_output(answer.output),
+                reported_cost=answer.reported_cost,
+                attempts=self.attempts,
+                note=answer.note,
             )
         snippet = self.scrub(" ".join(response.text.split()))[:MAX_ERROR_BODY]
         detail = f"{self.adapter.platform} returned HTTP {status}" + (f": {snippet}" if snippet else "")

@@ -9,7 +9,6 @@ whose id becomes the output.
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -19,6 +18,7 @@ from external_agents.nodes.platforms.base import (
     DeliveryRequest,
     OutgoingRequest,
     PlatformAdapter,
+    PlatformAnswer,
     check_fields,
     code_block,
     facts,
@@ -89,10 +89,10 @@ class DiscordAdapter(PlatformAdapter):
         url = httpx.URL(config["webhook_url"]).copy_merge_params({"wait": "true"})
         return OutgoingRequest.json(method="POST", url=str(url), payload=payload)
 
-    def parse_response(self, response: httpx.Response) -> tuple[Any, Decimal | None]:
+    def parse_response(self, response: httpx.Response) -> PlatformAnswer:
         message = json_object(response)
         if message is None:
-            return webhook_output(response), None
+            return PlatformAnswer(webhook_output(response))
         return {"delivered": True, "message_id": message.get("id"), "channel_id": message.get("channel_id")}, None
 
     def retry_after(self, response: httpx.Response) -> float | None:

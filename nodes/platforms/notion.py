@@ -10,7 +10,6 @@ created page's id and URL.
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -20,6 +19,7 @@ from external_agents.nodes.platforms.base import (
     DeliveryRequest,
     OutgoingRequest,
     PlatformAdapter,
+    PlatformAnswer,
     check_fields,
     check_header_value,
     facts,
@@ -99,9 +99,9 @@ class NotionAdapter(PlatformAdapter):
             headers={"Authorization": f"Bearer {token}", "Notion-Version": NOTION_VERSION},
         )
 
-    def parse_response(self, response: httpx.Response) -> tuple[Any, Decimal | None]:
+    def parse_response(self, response: httpx.Response) -> PlatformAnswer:
         page = json_object(response) or {}
-        return {"page_id": page.get("id"), "url": page.get("url")}, None
+        return PlatformAnswer({"page_id": page.get("id"), "url": page.get("url")})
 
 
 def split_text(text: str, limit: int, *, max_chunks: int) -> list[str]:

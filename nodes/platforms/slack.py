@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -18,6 +17,7 @@ from external_agents.nodes.platforms.base import (
     DeliveryRequest,
     OutgoingRequest,
     PlatformAdapter,
+    PlatformAnswer,
     check_fields,
     code_block,
     facts,
@@ -76,8 +76,8 @@ class SlackAdapter(PlatformAdapter):
             payload["channel"] = channel
         return OutgoingRequest.json(method="POST", url=request.platform_config["webhook_url"], payload=payload)
 
-    def parse_response(self, response: httpx.Response) -> tuple[Any, Decimal | None]:
-        return webhook_output(response), None
+    def parse_response(self, response: httpx.Response) -> PlatformAnswer:
+        return PlatformAnswer(webhook_output(response))
 
 
 def escape_mrkdwn(text: str) -> str:

@@ -8,7 +8,6 @@ Teams refuses messages over about 28 KB, so the input is truncated well below th
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
@@ -19,6 +18,7 @@ from external_agents.nodes.platforms.base import (
     DeliveryRequest,
     OutgoingRequest,
     PlatformAdapter,
+    PlatformAnswer,
     check_fields,
     facts,
     optional_http_url,
@@ -76,7 +76,7 @@ class TeamsAdapter(PlatformAdapter):
             }
         return OutgoingRequest.json(method="POST", url=url, payload=payload)
 
-    def parse_response(self, response: httpx.Response) -> tuple[Any, Decimal | None]:
+    def parse_response(self, response: httpx.Response) -> PlatformAnswer:
         # Legacy connectors answer throttling with HTTP 200 and the real status in the text.
         if "HTTP error 429" in response.text:
             raise PlatformError(
@@ -84,7 +84,7 @@ class TeamsAdapter(PlatformAdapter):
                 retryable=True,
                 platform_status=429,
             )
-        return webhook_output(response), None
+        return PlatformAnswer(webhook_output(response))
 
 
 def uses_message_card(webhook_url: str, card_format: str | None) -> bool:

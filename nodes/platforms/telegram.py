@@ -13,7 +13,6 @@ adapter at another Bot API server (a self-hosted one, or a local server in tests
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -23,6 +22,7 @@ from external_agents.nodes.platforms.base import (
     DeliveryRequest,
     OutgoingRequest,
     PlatformAdapter,
+    PlatformAnswer,
     check_fields,
     facts,
     json_object,
@@ -91,16 +91,18 @@ class TelegramAdapter(PlatformAdapter):
             payload={"chat_id": config["chat_id"], "text": format_message(request), "parse_mode": "MarkdownV2"},
         )
 
-    def parse_response(self, response: httpx.Response) -> tuple[Any, Decimal | None]:
+    def parse_response(self, response: httpx.Response) -> PlatformAnswer:
         body = json_object(response) or {}
         if body.get("ok") is not True:
             raise PlatformError(f"telegram refused the message: {body.get('description', 'no description')}")
         result = body.get("result") or {}
-        return {
-            "delivered": True,
-            "message_id": result.get("message_id"),
-            "chat_id": (result.get("chat") or {}).get("id"),
-        }, None
+        return PlatformAnswer(
+            {
+                "delivered": True,
+                "message_id": result.get("message_id"),
+                "chat_id": (result.get("chat") or {}).get("id"),
+            }
+        )
 
     def retry_after(self, response: httpx.Response) -> float | None:
         # Telegram's 429 gives the wait in the body (parameters.retry_after), not always as a header.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
 from cryptography.fernet import Fernet
 
 from external_agents.credential_cipher import CredentialCipher
@@ -53,9 +54,34 @@ def test_an_agent_without_credentials_unseals_to_nothing():
 
 
 def test_a_result_becomes_delivered_with_the_reported_cost_in_micros():
-    result = delivered(DeliveryResult(status_code=200, output={"a": 1}, reported_cost_usd=Decimal("0.02"), attempts=2))
+    result = delivered(
+        DeliveryResult(status_code=200, output={"a": 1}, reported_cost="0.02", attempts=2),
+        max_reported_cost_usd=Decimal(1000),
+    )
 
     assert result == Delivered(status_code=200, output={"a": 1}, reported_cost_micros=20_000, attempts=2)
+
+
+@pytest.mark.parametrize("reported", ["1e999990", "1_000", "0.0000001", "-1", "1000.000001"])
+def test_a_cost_not_believed_is_no_cost_and_the_record_says_why(reported: str):
+    result = delivered(
+        DeliveryResult(status_code=200, output={"a": 1}, reported_cost=reported, attempts=1),
+        max_reported_cost_usd=Decimal(1000),
+    )
+
+    assert result.reported_cost_micros is None
+    assert result.record_note is not None
+    assert result.record_note.startswith(f"reported cost {reported!r} ignored (")
+
+
+def test_an_output_that_is_not_storable_becomes_text_with_a_note():
+    result = delivered(
+        DeliveryResult(status_code=200, output={"v": float("nan"), "s": "a\x00b"}, reported_cost=None, attempts=1),
+        max_reported_cost_usd=Decimal(1000),
+    )
+
+    assert result.output == '{"v": NaN, "s": "a\\u0000b"}'
+    assert result.record_note == "output kept as text, not storable as JSON: output.v: nan is not a JSON number"
 
 
 def test_a_platform_error_becomes_delivery_failed_saying_whether_it_timed_out_or_reached_the_platform():

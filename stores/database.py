@@ -93,6 +93,9 @@ _REFUSED: tuple[type[BaseException], ...] = (
 # SQLSTATE classes of a refused statement: 22 data exception (NaN in jsonb, U+0000 in text), 23 integrity
 # constraint violation, 42 syntax error or access rule violation, 54 program limit exceeded.
 _REFUSED_SQLSTATE_CLASSES = ("22", "23", "42", "54")
+# SQLite's primary result codes of the same kind: SQLITE_ERROR (no such table or column, SQL error), TOOBIG,
+# CONSTRAINT, MISMATCH, RANGE. Its others (BUSY, LOCKED, IOERR, FULL, CANTOPEN) are the file's state.
+_REFUSED_SQLITE_CODES = frozenset({1, 18, 19, 20, 25})
 # Raised when PostgreSQL refuses, drops or cannot yet take connections (asyncpg's own types, or OS socket
 # errors from connecting), whichever layer wrapped them.
 _UNREACHABLE: tuple[type[BaseException], ...] = (
@@ -110,6 +113,8 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
 def _refused(exc: BaseException) -> bool:
     if isinstance(exc, _REFUSED):
         return True
+    if isinstance(exc, sqlite3.Error):
+        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _REFUSED_SQLITE_CODES
     sqlstate = getattr(exc, "sqlstate", None)
     return isinstance(exc, asyncpg.exceptions.PostgresError) and str(sqlstate)[:2] in _REFUSED_SQLSTATE_CLASSES
 

@@ -52,6 +52,9 @@ def budget_status(agent: dict[str, Any], spend: Spend, thresholds: BudgetThresho
         "usage_percentage": round(usage * 100, 2),
         "warning_triggered": usage >= thresholds.warning,
         "degraded_mode": usage >= thresholds.degradation,
+        # cost_per_execution is the maximum billed per call: admission reserves it, and a platform reporting
+        # more is billed this much (the overrun is audited and alerted; nodes/cost_overrun.py).
+        "max_billed_per_call_usd": agent["cost_per_execution"],
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from decimal import Decimal
 
 import pytest
 
@@ -33,6 +34,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
         ("DATABASE_URL", "mysql://x", "postgresql://"),
         ("REDIS_URL", "http://x", "redis://"),
         ("KAIZEN_ENV", "staging", "development"),
+        ("EXTERNAL_AGENT_MAX_REPORTED_COST_USD", "0", "greater than 0"),
+        ("EXTERNAL_AGENT_MAX_REPORTED_COST_USD", "0.0000001", "decimal places"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable(monkeypatch, variable, value, fragment):
@@ -100,3 +103,9 @@ def test_env_file_is_read_and_urls_are_normalised(tmp_path):
     assert settings.async_database_url == "postgresql+asyncpg://u@db:5432/kaizen"
     assert settings.sync_database_url == "postgresql+psycopg2://u@db:5432/kaizen"
     assert settings.external_agent_allowed_webhook_domains == ["hooks.slack.com", "example.com"]
+
+
+def test_the_maximum_reported_cost_is_a_decimal(monkeypatch):
+    assert load_settings().external_agent_max_reported_cost_usd == Decimal(1000)
+    monkeypatch.setenv("EXTERNAL_AGENT_MAX_REPORTED_COST_USD", "2.5")
+    assert load_settings().external_agent_max_reported_cost_usd == Decimal("2.5")

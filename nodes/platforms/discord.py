@@ -93,7 +93,9 @@ class DiscordAdapter(PlatformAdapter):
         message = json_object(response)
         if message is None:
             return PlatformAnswer(webhook_output(response))
-        return {"delivered": True, "message_id": message.get("id"), "channel_id": message.get("channel_id")}, None
+        return PlatformAnswer(
+            {"delivered": True, "message_id": message.get("id"), "channel_id": message.get("channel_id")}
+        )
 
     def retry_after(self, response: httpx.Response) -> float | None:
         # Discord's 429 body carries retry_after in seconds, more precise than its header.

@@ -10,8 +10,9 @@ Usage in a host workflow, as the last step::
     builder.add_connection("deliver", "invocation", "record", "invocation")
 
 Input `invocation` (delivered or denied); output `outcome`: `InvocationOutcome.to_json()`. The budget
-reservation is settled at the cost the platform reported (else the estimate), or released when the platform
-was never reached, in the same transaction as the lineage and billing rows.
+reservation is settled at the cost the platform reported, never above the reservation (else the estimate;
+nodes/cost_overrun.py), or released when the platform was never reached, in the same transaction as the
+lineage and billing rows.
 """
 
 from __future__ import annotations

@@ -202,6 +202,9 @@ def present_invocation(row: dict[str, Any]) -> dict[str, Any]:
         "webhook_delivery_status": row["webhook_delivery_status"],
         "webhook_delivery_error": row["webhook_delivery_error"],
         "webhook_attempts": row["webhook_attempts"],
+        # The platform's reported cost when above what was billed, and why the record differs from the answer.
+        "reported_cost_usd": row["reported_cost_usd"],
+        "record_note": row["record_note"],
     }
     if with_payloads:
         record["input"] = row["input"]

@@ -54,6 +54,8 @@ async def test_forty_calls_reporting_more_than_their_estimate_bill_at_most_the_b
         id=agent["id"],
     )
     assert len(overruns) == CALLS
+    one = (await client.get(f"/api/lineage/{responses[0].json()['invocation_id']}", headers=org.headers)).json()
+    assert (one["cost_usd"], one["reported_cost_usd"]) == (0.01, 1.0)
     # One alert for the agent's day, however many overruns and concurrent calls.
     alerts = platform_server.requests(alerts_path)
     assert len(alerts) == 1

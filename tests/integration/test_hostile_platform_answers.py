@@ -99,6 +99,7 @@ async def test_a_hostile_answer_is_answered_promptly_and_recorded(gateway, clien
     assert lineage["status"] == "success" and lineage["cost_usd"] == billed
     stored = await client.get(f"/api/lineage/{invocation_id}", headers=org.headers)
     assert stored.status_code == 200 and stored.json()["output"] == expected_output
+    assert stored.json()["record_note"] == lineage["record_note"]
     if note is None:
         assert lineage["record_note"] is None
     else:

@@ -6,6 +6,7 @@ Before, every database error counted as "unavailable": a refused value was retri
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from datetime import UTC, datetime
@@ -109,13 +110,19 @@ async def test_a_refused_record_is_stored_normalised_with_a_note(gateway) -> Non
     assert spend.day_spent_micros == to_micros(0.05) and spend.day_executions == 1
 
 
-async def test_a_duplicate_record_is_still_refused_not_rewritten(gateway) -> None:
+async def test_a_duplicate_record_is_not_taken_for_a_refused_value(gateway) -> None:
     engine: AsyncEngine = gateway.external_agents.engine
     agent_id, invocation_id = str(uuid.uuid4()), str(uuid.uuid4())
     assert await write(engine, agent_id, invocation_id)
 
-    with pytest.raises(sa.exc.IntegrityError):
+    # Refused as a duplicate, or found settled already: either way written once, never stored again in another form.
+    with contextlib.suppress(sa.exc.IntegrityError):
         await write(engine, agent_id, invocation_id)
+
+    async with engine.connect() as connection:
+        billed = (await connection.execute(sa.select(billing).where(billing.c.id == invocation_id))).all()
+        [row] = (await connection.execute(sa.select(lineage).where(lineage.c.id == invocation_id))).mappings().all()
+    assert len(billed) == 1 and row["record_note"] is None
 
 
 async def test_unreachable_and_refused_are_told_apart(gateway) -> None:

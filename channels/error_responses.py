@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from external_agents.errors import ExternalAgentsError
-from external_agents.stores.database import DATABASE_NOT_MIGRATED, DATABASE_UNAVAILABLE, causes, schema_missing
+from external_agents.stores.database import database_fault
 from external_agents.workflows.runner import WorkflowFailedError
 
 logger = logging.getLogger(__name__)
@@ -90,33 +90,6 @@ async def send_refusal(scope: Scope, receive: Receive, send: Send, response: Res
     await response(scope, receive, send)
 
 
-# Raised when PostgreSQL refuses, drops or cannot yet take connections (asyncpg's own types, or OS socket
-# errors from connecting), whichever layer wrapped them.
-_UNREACHABLE: tuple[type[BaseException], ...] = (
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.InterfaceError,
-    ConnectionError,
-    TimeoutError,
-    sa_exc.TimeoutError,
-)
-
-
-def database_unreachable(exc: BaseException) -> bool:
-    """True when `exc`, or an exception it was raised from, says the database could not be reached."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, _UNREACHABLE):
-            return True
-        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
-
-
 def install_error_handlers(app: FastAPI) -> None:
     async def own_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ExternalAgentsError)
@@ -139,11 +112,8 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def fault(request: Request, exc: Exception) -> JSONResponse:
-        if database_unreachable(exc):
-            detail = DATABASE_UNAVAILABLE
-        elif any(schema_missing(cause) for cause in causes(exc)):
-            detail = DATABASE_NOT_MIGRATED
-        else:
+        detail = database_fault(exc)
+        if detail is None:
             # Any other fault is the catch-all's to answer (500) and the server's to log.
             raise exc
         request_id = request_id_of(request)

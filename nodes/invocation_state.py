@@ -290,6 +290,26 @@ class Invocation:
             raise RuntimeError("the invocation's agent is not loaded (LoadInvocationAgentNode runs first)")
         return self.agent
 
+    def request_columns(self) -> dict[str, Any]:
+        """The lineage columns known once the agent is loaded: who asked, through what, for which agent, and what.
+        The pending row (written with the reservation) and the final row both start from these."""
+        agent, caller = self.loaded_agent, self.caller
+        return {
+            "id": self.invocation_id,
+            **self.identity.fields(),
+            "external_context": self.identity.external_context,
+            "api_key_id": caller.api_key_id,
+            "organization_id": caller.organization_id,
+            "external_agent_id": agent.id,
+            "external_agent_name": agent.name,
+            "platform": agent.platform,
+            "trace_id": self.trace_id,
+            "workflow_id": self.request.workflow_id,
+            "input": self.request.input,
+            "metadata": self.request.metadata,
+            "request_timestamp": self.request_timestamp,
+        }
+
     def updated(self, *events: AuditEvent, **changes: Any) -> Invocation:
         """A copy with `events` appended to its audit events and `changes` applied."""
         return replace(self, audit_events=(*self.audit_events, *events), **changes)

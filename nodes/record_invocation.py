@@ -82,22 +82,11 @@ def lineage_row(
 ) -> dict[str, Any]:
     result = result_of(invocation)
     status = status_of(result)
-    agent, caller, delivery = invocation.loaded_agent, invocation.caller, invocation.delivery
+    delivery = invocation.delivery
     denied = invocation.denial is not None
     return {
-        "id": invocation.invocation_id,
-        **invocation.identity.fields(),
-        "external_context": invocation.identity.external_context,
-        "api_key_id": caller.api_key_id,
-        "organization_id": caller.organization_id,
-        "external_agent_id": agent.id,
-        "external_agent_name": agent.name,
-        "platform": agent.platform,
-        "trace_id": invocation.trace_id,
-        "workflow_id": invocation.request.workflow_id,
-        "input": invocation.request.input,
+        **invocation.request_columns(),
         "output": delivery.output if isinstance(delivery, Delivered) else None,
-        "metadata": invocation.request.metadata,
         "status": status,
         "denial_reason": invocation.denial.detail if invocation.denial is not None else None,
         "cost_usd": to_usd(cost_micros),
@@ -105,7 +94,6 @@ def lineage_row(
         "webhook_delivery_status": None if denied else ("delivered" if status == "success" else status),
         "webhook_delivery_error": delivery.error if isinstance(delivery, DeliveryFailed) else None,
         "webhook_attempts": delivery.attempts if delivery is not None and not denied else None,
-        "request_timestamp": invocation.request_timestamp,
         "response_timestamp": response_timestamp,
         **recorded_cost_fields(invocation),
     }

@@ -64,22 +64,9 @@ def delivery_lease_seconds(options: DeliveryOptions, *, margin_seconds: float = 
 def pending_row(invocation: Invocation, *, amount_micros: int, lease: PendingLease, now: datetime) -> dict[str, Any]:
     """The lineage row written with the reservation: everything known before delivery, the reservation as
     its cost (stores/pending.py PENDING_COLUMNS)."""
-    agent, caller = invocation.loaded_agent, invocation.caller
     return {
-        "id": invocation.invocation_id,
-        **invocation.identity.fields(),
-        "external_context": invocation.identity.external_context,
-        "api_key_id": caller.api_key_id,
-        "organization_id": caller.organization_id,
-        "external_agent_id": agent.id,
-        "external_agent_name": agent.name,
-        "platform": agent.platform,
-        "trace_id": invocation.trace_id,
-        "workflow_id": invocation.request.workflow_id,
-        "input": invocation.request.input,
-        "metadata": invocation.request.metadata,
+        **invocation.request_columns(),
         "cost_usd": to_usd(amount_micros),
-        "request_timestamp": invocation.request_timestamp,
         "instance_id": lease.instance_id,
         "lease_expires_at": now + timedelta(seconds=lease.seconds),
     }

@@ -147,6 +147,10 @@ async def outage_under_load(stack: dict[str, Any], path: str, outage_seconds: fl
         await asyncio.sleep(1.5)
         stopped_at = time.perf_counter() - started
         await asyncio.to_thread(stack["postgres"].stop)
+        # A caller arriving during the outage: the eight looping clients may all be mid-delivery when it begins,
+        # then wait out the record's retries, and would never ask the app anything while the database is away.
+        outage_ends = time.perf_counter() + outage_seconds * 0.8
+        workers.append(asyncio.create_task(loop(client, agent_id, outage_ends, outcomes)))
         await asyncio.sleep(outage_seconds)
         await asyncio.to_thread(stack["postgres"].start)
         restarted_at = time.perf_counter() - started

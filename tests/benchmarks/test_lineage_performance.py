@@ -59,10 +59,18 @@ Report = Callable[[str], None]
 
 _COLUMNS = [column.name for column in TABLES["invocation_lineage"].c]
 MARKER_ID = "bench-marker-" + hashlib.sha256(",".join(_COLUMNS).encode()).hexdigest()[:16]
+# The columns the generated rows fill, in the SELECTs' order; columns later revisions added keep their defaults.
+_FILLED = (
+    "id, external_user_id, external_user_email, external_user_name, external_system, external_session_id, "
+    "external_trace_id, external_context, api_key_id, organization_id, external_agent_id, external_agent_name, "
+    "platform, trace_id, parent_invocation_id, workflow_id, input, output, status, denial_reason, cost_usd, "
+    "duration_ms, webhook_delivery_status, webhook_delivery_error, webhook_attempts, request_timestamp, "
+    "response_timestamp"
+)
 
 # Only the table's own column names and this module's constants are interpolated.
 _LOAD_BASE = f"""
-INSERT INTO invocation_lineage ({", ".join(_COLUMNS)})
+INSERT INTO invocation_lineage ({_FILLED})
 SELECT
   md5('inv' || g)::uuid::text,
   'user-' || (g % 5000),
@@ -97,7 +105,7 @@ FROM generate_series(1, {BASE_ROWS}) AS g
 # Graph n: node 0 is the root; node k > 0 hangs below node k - n/100 (or the root), so n/100 chains of
 # depth up to 100 grow side by side, all in session 'graph-<n>'.
 _LOAD_GRAPH = f"""
-INSERT INTO invocation_lineage ({", ".join(_COLUMNS)})
+INSERT INTO invocation_lineage ({_FILLED})
 SELECT
   md5('g' || $1::int || '-' || k)::uuid::text,
   'user-g', 'graph@example.com', 'Graph User', 'copilot-studio', 'graph-' || $1::int, NULL,

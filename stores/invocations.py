@@ -36,6 +36,7 @@ from external_agents.stores.lineage import (
     email_digest,
     erased,
     erased_since,
+    parent_invocation,
 )
 from external_agents.stores.refused_records import storable_record
 from external_agents.stores.unrecorded import InvocationRecord, UnrecordedJournal
@@ -49,18 +50,10 @@ billing = TABLES["billing_usage"]
 def _lineage_insert() -> sa.Insert:
     """One INSERT for every invocation, built once so SQLAlchemy compiles it once; values come as parameters.
 
-    The parent is the invocation of this organisation whose trace_id the caller sent back as X-External-Trace-ID.
+    The parent is found by `parent_invocation`.
     """
-    parent = (
-        sa.select(lineage.c.id)
-        .where(
-            lineage.c.trace_id == sa.bindparam("external_trace_id"),
-            lineage.c.organization_id == sa.bindparam("organization_id"),
-        )
-        .scalar_subquery()
-    )
     values: dict[str, Any] = {c.name: sa.bindparam(c.name, type_=c.type) for c in lineage.c}
-    values["parent_invocation_id"] = parent
+    values["parent_invocation_id"] = parent_invocation()
     return lineage.insert().values(values)
 
 

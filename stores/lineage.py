@@ -28,6 +28,21 @@ from external_agents.stores.database import autocommit
 
 lineage = TABLES["invocation_lineage"]
 
+
+def parent_invocation(*, prefix: str = "") -> sa.ScalarSelect[Any]:
+    """The parent of an invocation being written: the invocation of its organisation whose trace_id the caller sent
+    back as X-External-Trace-ID. Bound to the `<prefix>external_trace_id` and `<prefix>organization_id`
+    parameters of the INSERT it sits in."""
+    return (
+        sa.select(lineage.c.id)
+        .where(
+            lineage.c.trace_id == sa.bindparam(f"{prefix}external_trace_id"),
+            lineage.c.organization_id == sa.bindparam(f"{prefix}organization_id"),
+        )
+        .scalar_subquery()
+    )
+
+
 # The columns an organisation's rows rarely share a value of (see `_in_organization`).
 SELECTIVE_COLUMNS = frozenset({"external_agent_id", "external_user_email", "external_session_id"})
 

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from external_agents.models import TABLES
 from external_agents.models.invocation_lineage import PENDING
 from external_agents.stores.audit import audit_row, insert_audit_rows
+from external_agents.stores.lineage import parent_invocation
 
 logger = logging.getLogger(__name__)
 
@@ -68,23 +69,11 @@ PENDING_COLUMNS = (
 PREFIX = "pending_"
 
 
-def _parent() -> sa.ScalarSelect[Any]:
-    # The parent is the invocation of this organisation whose trace_id the caller sent as X-External-Trace-ID.
-    return (
-        sa.select(lineage.c.id)
-        .where(
-            lineage.c.trace_id == sa.bindparam(f"{PREFIX}external_trace_id"),
-            lineage.c.organization_id == sa.bindparam(f"{PREFIX}organization_id"),
-        )
-        .scalar_subquery()
-    )
-
-
 def _values() -> dict[str, Any]:
     values: dict[str, Any] = {
         name: sa.bindparam(f"{PREFIX}{name}", type_=lineage.c[name].type) for name in PENDING_COLUMNS
     }
-    values["parent_invocation_id"] = _parent()
+    values["parent_invocation_id"] = parent_invocation(prefix=PREFIX)
     values["status"] = sa.literal(PENDING, lineage.c.status.type)
     return values
 

@@ -41,7 +41,11 @@ from external_agents.workflows.agent_registry import (
     build_registry_workflows,
 )
 from external_agents.workflows.examples import build_example_workflows
-from external_agents.workflows.invocation import InvocationDependencies, build_invocation_workflow
+from external_agents.workflows.invocation import (
+    InvocationDependencies,
+    InvocationPipeline,
+    build_invocation_workflow,
+)
 from external_agents.workflows.lineage import LineageWorkflows, build_lineage_workflows
 from external_agents.workflows.policies import PolicyWorkflows, build_policy_workflows
 from external_agents.workflows.runner import WorkflowRunner
@@ -60,6 +64,7 @@ class AppState:
     policy_cache: PolicyCache
     http_client: httpx.AsyncClient
     invoke: Workflow
+    pipeline: InvocationPipeline
     governance_status: Workflow
     policies: PolicyWorkflows
     host_workflows: dict[str, Workflow]
@@ -158,31 +163,31 @@ def build_state(settings: Settings, *, host_workflows: dict[str, Workflow] | Non
         warning=settings.external_agent_budget_warning_threshold,
         degradation=settings.external_agent_budget_degradation_threshold,
     )
-    invoke = build_invocation_workflow(
-        InvocationDependencies(
-            engine=engine,
-            policy_cache=policy_cache,
-            resolution=settings.external_agent_policy_conflict_resolution,
-            fail_mode=settings.external_agent_policy_fail_mode,
-            limiter=limiter,
-            thresholds=thresholds,
-            cipher=cipher,
-            client=http_client,
-            options=options,
-            token_cache=OAuth2TokenCache(),
-            bulkhead=DeliveryBulkhead(
-                per_agent=settings.external_agent_max_concurrent_deliveries_per_agent, per_host=per_host
-            ),
-            alert_channel_name=settings.external_agent_alert_channel_name,
-            journal=journal,
-            lease=lease,
-        )
+    invocation_dependencies = InvocationDependencies(
+        engine=engine,
+        policy_cache=policy_cache,
+        resolution=settings.external_agent_policy_conflict_resolution,
+        fail_mode=settings.external_agent_policy_fail_mode,
+        limiter=limiter,
+        thresholds=thresholds,
+        cipher=cipher,
+        client=http_client,
+        options=options,
+        token_cache=OAuth2TokenCache(),
+        bulkhead=DeliveryBulkhead(
+            per_agent=settings.external_agent_max_concurrent_deliveries_per_agent, per_host=per_host
+        ),
+        alert_channel_name=settings.external_agent_alert_channel_name,
+        journal=journal,
+        lease=lease,
     )
+    invoke = build_invocation_workflow(invocation_dependencies)
+    pipeline = InvocationPipeline(invocation_dependencies)
     runner = WorkflowRunner()
     metrics = GatewayMetrics(redis_configured=redis is not None)
     if host_workflows is None:
-        # Invocations started inside host workflows are counted in the metrics like the channels' own.
-        metered = MeteredRunner(runner, invoke_workflow=invoke, metrics=metrics)
+        # Invocations started inside host workflows run and are counted like the channels' own.
+        metered = MeteredRunner(runner, invoke_workflow=invoke, pipeline=pipeline, metrics=metrics)
         host_workflows = build_example_workflows(runner=metered, invoke_workflow=invoke)
     return AppState(
         settings=settings,
@@ -196,6 +201,7 @@ def build_state(settings: Settings, *, host_workflows: dict[str, Workflow] | Non
         policy_cache=policy_cache,
         http_client=http_client,
         invoke=invoke,
+        pipeline=pipeline,
         governance_status=build_governance_status_workflow(
             engine=engine, limiter=limiter, policy_cache=policy_cache, thresholds=thresholds
         ),

@@ -388,7 +388,9 @@ def build_app(settings: Settings, *, workflows: dict[str, Any] | None = None) ->
     state = install(app, settings, workflows=workflows, protect_all_routes=True)
     if workflows is None:
         # Invocations started inside these workflows are counted in the metrics like the channels' own.
-        metered = MeteredRunner(state.runner, invoke_workflow=state.invoke, metrics=state.metrics)
+        metered = MeteredRunner(
+            state.runner, invoke_workflow=state.invoke, pipeline=state.pipeline, metrics=state.metrics
+        )
         state.host_workflows = build_example_workflows(runner=metered, invoke_workflow=state.invoke)
 
     fastapi_app = app.fastapi_app

@@ -15,7 +15,8 @@ from kailash.workflow import Workflow
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from external_agents.nodes.invocation_state import DeliveryFailed, InvocationOutcome, PolicyDenied
-from external_agents.nodes.invocation_step import read_outcome
+from external_agents.nodes.invocation_step import OUTCOME_OUTPUT
+from external_agents.workflows.invocation import InvocationPipeline
 from external_agents.workflows.runner import WorkflowRunner
 
 # Webhook deliveries may take up to the configured timeout (30 s by default) per attempt, with retries.
@@ -107,30 +108,36 @@ class GatewayMetrics:
 
 
 async def run_and_record(
-    runner: WorkflowRunner, *, workflow: Workflow, metrics: GatewayMetrics, prepare: dict[str, Any]
-) -> tuple[dict[str, dict[str, Any]], InvocationOutcome]:
-    """Run the invocation workflow with `prepare`'s inputs and count its outcome; the results and the outcome."""
-    results = await runner.run(workflow, {"prepare": prepare})
-    outcome = read_outcome(results["record"])
+    pipeline: InvocationPipeline, *, metrics: GatewayMetrics, prepare: dict[str, Any]
+) -> InvocationOutcome:
+    """Run one invocation with `prepare`'s inputs and count its outcome."""
+    outcome = await pipeline.run(prepare)
     metrics.record_invocation(
         outcome, agent_id=prepare["agent_id"], organization_id=prepare["caller"]["organization_id"]
     )
-    return results, outcome
+    return outcome
 
 
 class MeteredRunner:
-    """The runner handed to `InvokeExternalAgentNode`s of host workflows: invocations they start are counted in
-    the metrics exactly like the channels' own; every other workflow runs unchanged."""
+    """The runner handed to `InvokeExternalAgentNode`s of host workflows: the invocation workflow they name runs
+    as the channels' invocations do (the pipeline, counted in the metrics); every other workflow runs unchanged."""
 
-    def __init__(self, runner: WorkflowRunner, *, invoke_workflow: Workflow, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        runner: WorkflowRunner,
+        *,
+        invoke_workflow: Workflow,
+        pipeline: InvocationPipeline,
+        metrics: GatewayMetrics,
+    ) -> None:
         self.runner = runner
         self.invoke_workflow = invoke_workflow
+        self.pipeline = pipeline
         self.metrics = metrics
 
     async def run(self, workflow: Workflow, inputs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if workflow is not self.invoke_workflow:
             return await self.runner.run(workflow, inputs)
-        results, _ = await run_and_record(
-            self.runner, workflow=workflow, metrics=self.metrics, prepare=inputs["prepare"]
-        )
-        return results
+        outcome = await run_and_record(self.pipeline, metrics=self.metrics, prepare=inputs["prepare"])
+        # The outputs the graph's recording node would have given.
+        return {"record": {OUTCOME_OUTPUT: outcome.to_json()}}

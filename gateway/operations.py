@@ -2,8 +2,9 @@
 
 `run_invocation` is the one path every invocation takes, whichever channel sent it (the REST route, an MCP tool,
 the command line; an `InvokeExternalAgentNode` inside a host workflow goes through `gateway.metrics.MeteredRunner`):
-it runs the invocation workflow and records the outcome's metrics. `LocalGateway` holds every other operation for
-one authenticated caller: the permission check, the workflow and its inputs. An operation returns its result
+it runs the invocation pipeline (workflows/invocation.py) and records the outcome's metrics. `LocalGateway` holds
+every other operation for one authenticated caller: the permission check, the workflow and its inputs. An
+operation returns its result
 (the JSON-ready value REST answers with, or for an invocation its outcome, a denial included) or raises one of
 `external_agents.errors`; each channel turns those into its own answer (status code, tool error, exit code).
 """
@@ -57,15 +58,14 @@ async def run_invocation(
     body: Any,
     workflow_id: str | None = None,
 ) -> InvocationOutcome:
-    """Run the invocation workflow and record its metrics; returns the outcome (a denial is an outcome too).
+    """Run the invocation pipeline and record its metrics; returns the outcome (a denial is an outcome too).
 
     `caller` is `{api_key_id, organization_id}`; `identity` the external identity by field name.
     """
     prepare: dict[str, Any] = {"caller": caller, "agent_id": agent_id, "identity": identity, "body": body}
     if workflow_id is not None:
         prepare["workflow_id"] = workflow_id
-    _, outcome = await run_and_record(state.runner, workflow=state.invoke, metrics=state.metrics, prepare=prepare)
-    return outcome
+    return await run_and_record(state.pipeline, metrics=state.metrics, prepare=prepare)
 
 
 # Recorded where a key's id would be (created_by, lineage, audit) for an operator acting without a key.

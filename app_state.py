@@ -9,7 +9,6 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 
-import httpx
 from kailash.workflow import Workflow
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -30,6 +29,7 @@ from external_agents.nodes.governance.rate_limiter import (
 from external_agents.nodes.platforms.auth import OAuth2TokenCache
 from external_agents.nodes.platforms.base import DeliveryOptions
 from external_agents.nodes.platforms.bulkhead import DeliveryBulkhead
+from external_agents.nodes.platforms.http_client import PlatformClient
 from external_agents.settings import Settings
 from external_agents.stores.database import create_engine
 from external_agents.stores.invocations import keep_replaying
@@ -62,7 +62,7 @@ class AppState:
     lineage: LineageWorkflows
     limiter: RateLimiter
     policy_cache: PolicyCache
-    http_client: httpx.AsyncClient
+    http_client: PlatformClient
     invoke: Workflow
     pipeline: InvocationPipeline
     governance_status: Workflow
@@ -149,13 +149,9 @@ def build_state(settings: Settings, *, host_workflows: dict[str, Workflow] | Non
     limiter = limiter_from(settings, redis)
     policy_cache = PolicyCache(engine, redis=redis)
     per_host = settings.external_agent_max_concurrent_deliveries_per_host
-    # Redirects are never followed: a webhook URL is checked before delivery, a redirect target would not be.
     # The pool holds several hosts' worth of their bulkhead limit, so one host (its deliveries capped at
     # `per_host`) can never take the connections every other host needs.
-    http_client = httpx.AsyncClient(
-        follow_redirects=False,
-        limits=httpx.Limits(max_connections=max(200, 4 * per_host), max_keepalive_connections=100),
-    )
+    http_client = PlatformClient(max_connections=max(200, 4 * per_host))
     journal = UnrecordedJournal(settings.kaizen_data_dir / "unrecorded")
     # Made once per process: the owner of the pending rows this process writes.
     lease = PendingLease(instance_id=uuid.uuid4().hex, seconds=delivery_lease_seconds(options))

@@ -14,7 +14,6 @@ import logging
 import uuid
 from typing import Any
 
-import httpx
 from kailash.nodes.base import NodeParameter, register_node
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,6 +28,7 @@ from external_agents.nodes.platforms import get_adapter
 from external_agents.nodes.platforms.auth import OAuth2TokenCache
 from external_agents.nodes.platforms.base import DeliveryOptions
 from external_agents.nodes.platforms.delivery import deliver
+from external_agents.nodes.platforms.http_client import PlatformClient
 from external_agents.stores.agents import get_agent_by_name
 from external_agents.stores.database import database_unavailable
 from external_agents.stores.overrun_alerts import claim_overrun_alert
@@ -86,7 +86,7 @@ class SendBudgetAlertsNode(InvocationStepNode):
         return {
             "engine": dependency("engine", "SQLAlchemy AsyncEngine"),
             "cipher": dependency("cipher", "CredentialCipher"),
-            "client": dependency("client", "httpx.AsyncClient"),
+            "client": dependency("client", "PlatformClient"),
             "options": dependency("options", "DeliveryOptions"),
             "token_cache": dependency("token_cache", "OAuth2TokenCache"),
             "channel_name": dependency("channel_name", "name of the organisation's alert agent"),
@@ -110,7 +110,7 @@ class SendBudgetAlertsNode(InvocationStepNode):
             return invocation
         if channel is None:
             return invocation
-        client: httpx.AsyncClient = kw["client"]
+        client: PlatformClient = kw["client"]
         options: DeliveryOptions = kw["options"]
         token_cache: OAuth2TokenCache = kw["token_cache"]
         view = AgentSnapshot.from_row(channel)

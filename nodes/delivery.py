@@ -6,7 +6,7 @@ appear in its output, a log line or an error text.
 Usage in a host workflow, after the governance steps::
 
     builder.add_node("DeliverInvocationNode", "deliver", {
-        "cipher": cipher, "client": httpx_client, "options": DeliveryOptions(...), "token_cache": OAuth2TokenCache(),
+        "cipher": cipher, "client": platform_client, "options": DeliveryOptions(...), "token_cache": OAuth2TokenCache(),
         "bulkhead": DeliveryBulkhead(per_agent=50, per_host=100)})
     builder.add_connection("budget", "invocation", "deliver", "invocation")
 
@@ -44,7 +44,9 @@ from external_agents.nodes.platforms.auth import OAuth2TokenCache
 from external_agents.nodes.platforms.base import DeliveryOptions, DeliveryRequest, DeliveryResult, PlatformAdapter
 from external_agents.nodes.platforms.bulkhead import DeliveryBulkhead
 from external_agents.nodes.platforms.delivery import deliver
+from external_agents.nodes.platforms.http_client import PlatformClient
 from external_agents.nodes.platforms.reported_cost import parse_reported_cost
+from external_agents.nodes.platforms.webhook_url import parse_url
 from external_agents.storable_values import storable_output, storable_text
 
 
@@ -123,7 +125,7 @@ def destination_host(adapter: PlatformAdapter, platform_config: dict[str, Any]) 
     """The host a delivery goes to, for its bulkhead; "" when the config names none (delivery then fails on its
     own, before sending)."""
     try:
-        return httpx.URL(adapter.endpoint(platform_config)).host
+        return parse_url(adapter.endpoint(platform_config)).host
     except (ValidationError, ValueError, httpx.InvalidURL):
         return ""
 
@@ -142,7 +144,7 @@ class DeliverInvocationNode(InvocationStepNode):
     def dependencies(self) -> dict[str, NodeParameter]:
         return {
             "cipher": dependency("cipher", "CredentialCipher: opens the agent's sealed credentials"),
-            "client": dependency("client", "httpx.AsyncClient shared by all deliveries"),
+            "client": dependency("client", "PlatformClient shared by all deliveries"),
             "options": dependency("options", "DeliveryOptions: timeout, retries, private webhooks"),
             "token_cache": dependency("token_cache", "OAuth2TokenCache"),
             # Optional, so a host composing this node keeps working without one (then nothing bounds deliveries).
@@ -175,7 +177,7 @@ class DeliverInvocationNode(InvocationStepNode):
             slot = bulkhead.try_acquire(agent_id=agent.id, host=destination_host(adapter, request.platform_config))
             if slot is None:
                 return invocation.updated(credentials_event(invocation), delivery=saturated())
-        client: httpx.AsyncClient = kw["client"]
+        client: PlatformClient = kw["client"]
         options: DeliveryOptions = kw["options"]
         token_cache: OAuth2TokenCache = kw["token_cache"]
         outcome: Delivery

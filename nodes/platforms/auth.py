@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
+import aiohttp
 import httpx
 
 from external_agents.errors import PlatformError, ValidationError
@@ -32,6 +33,12 @@ from external_agents.nodes.platforms.base import (
     check_no_control_characters,
     json_object,
     validate_headers,
+)
+from external_agents.nodes.platforms.http_client import (
+    PlatformClient,
+    buffered_response,
+    failure_name,
+    request_timeout,
 )
 
 AUTH_TYPES = ("none", "api_key", "bearer_token", "basic", "oauth2", "custom", "hmac")
@@ -252,9 +259,7 @@ class OAuth2TokenCache:
         self._tokens: dict[str, _CachedToken] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def get_token(
-        self, grant: OAuth2ClientCredentials, *, client: httpx.AsyncClient, timeout_seconds: float
-    ) -> str:
+    async def get_token(self, grant: OAuth2ClientCredentials, *, client: PlatformClient, timeout_seconds: float) -> str:
         key = grant.cache_key
         cached = self._valid(key)
         if cached is not None:
@@ -284,7 +289,7 @@ class OAuth2TokenCache:
 
 
 async def _fetch_token(
-    grant: OAuth2ClientCredentials, *, client: httpx.AsyncClient, timeout_seconds: float
+    grant: OAuth2ClientCredentials, *, client: PlatformClient, timeout_seconds: float
 ) -> tuple[str, float]:
     form = {"grant_type": "client_credentials"}
     if grant.scope:
@@ -297,13 +302,20 @@ async def _fetch_token(
         pair = f"{quote(grant.client_id, safe='')}:{quote(grant.client_secret, safe='')}"
         headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
     host = httpx.URL(grant.token_url).host
+    # Form-encoded here, as httpx did, with its Content-Type: the client adds no Content-Type of its own.
+    headers["Content-Type"] = "application/x-www-form-urlencoded"
     try:
-        response = await client.post(
-            grant.token_url, data=form, headers=headers, timeout=timeout_seconds, follow_redirects=False
-        )
-    except httpx.TransportError as exc:
+        async with client.session().post(
+            grant.token_url,
+            data=urlencode(form).encode(),
+            headers=headers,
+            allow_redirects=False,
+            timeout=request_timeout(timeout_seconds),
+        ) as answer:
+            response = buffered_response(answer, await answer.read())
+    except (aiohttp.ClientError, TimeoutError) as exc:
         raise PlatformError(
-            f"oauth2 token request to {host} failed: {type(exc).__name__}",
+            f"oauth2 token request to {host} failed: {failure_name(exc)[0]}",
             retryable=True,
             reached_platform=False,
         ) from exc
@@ -336,7 +348,7 @@ async def auth_headers(
     auth_config: Mapping[str, Any],
     credentials: Mapping[str, Any],
     body: bytes,
-    client: httpx.AsyncClient,
+    client: PlatformClient,
     token_cache: OAuth2TokenCache,
     timeout_seconds: float,
 ) -> dict[str, str]:

@@ -13,12 +13,15 @@ the caller can release a budget reservation for work that certainly did not happ
 Error texts and log lines never carry a credential: every error text goes through `redact` (and the known
 secret values of the agent are replaced too, in every form a platform may echo them: raw, JSON-escaped,
 whitespace-collapsed as the error snippet is, percent-encoded and base64, basic auth's `user:pass` included),
-and logs name the host, never the URL, because webhook URLs and Telegram's bot URLs are secrets themselves;
-httpx's own request log line is cut to the host for the same reason.
+and logs name the host, never the URL, because webhook URLs and Telegram's bot URLs are secrets themselves.
 
 A request the HTTP client refused to send (an illegal header value from a credential stored before such
 values were refused, a body it cannot encode) never left: it is not retried, and `reached_platform` is False
 so nothing is billed.
+
+The common case is cheap: an attempt that succeeds first time runs outside the retry machinery (tenacity is
+entered only when a first attempt failed and may be retried), the URL policy remembers the URLs it passed
+(webhook_url), and the forms of a secret are worked out once per secret (`secret_variants`).
 """
 
 from __future__ import annotations
@@ -30,13 +33,15 @@ import logging
 import math
 import re
 import time
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, quote_plus
 
+import aiohttp
 import httpx
+import yarl
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -56,7 +61,14 @@ from external_agents.nodes.platforms.base import (
     PlatformAdapter,
     is_sendable_header_value,
 )
-from external_agents.nodes.platforms.webhook_url import resolve_and_check
+from external_agents.nodes.platforms.http_client import (
+    PlatformClient,
+    buffered_response,
+    failure_name,
+    failure_reason,
+    request_timeout,
+)
+from external_agents.nodes.platforms.webhook_url import parse_url, resolve_and_check
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +78,6 @@ MIN_SECRET_LENGTH = 4
 MAX_ERROR_BODY = 200
 # Only this much of an error response is read: enough for the platform's message.
 ERROR_BODY_BYTES = 4096
-# The platform already decoded these; the rebuilt response must not decode or frame it again.
-_DECODED_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 _REDACTIONS = (
     # Telegram bot token in a Bot API URL path, then on its own.
@@ -89,31 +99,6 @@ _REDACTIONS = (
     # user:password@ in a URL.
     (re.compile(r"://[^/\s:@]+:[^/\s@]+@"), f"://{REDACTED}@"),
 )
-
-
-# Set while `deliver` runs, so the httpx log filter below touches only delivery requests.
-_IN_DELIVERY: ContextVar[bool] = ContextVar("platform_delivery", default=False)
-
-
-class _HideDeliveryUrls(logging.Filter):
-    """Cuts the path and query from the URLs httpx logs while a delivery is sending.
-
-    httpx logs every request's full URL at INFO, and a delivery URL is often a secret (a Slack or Discord
-    webhook path, a Teams `sig=`, a Telegram bot token). Only requests made inside `deliver` are rewritten.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if _IN_DELIVERY.get() and isinstance(record.args, tuple):
-            record.args = tuple(
-                f"{arg.scheme}://{arg.netloc.decode('ascii')}/{REDACTED}" if isinstance(arg, httpx.URL) else arg
-                for arg in record.args
-            )
-        return True
-
-
-_httpx_logger = logging.getLogger("httpx")
-if not any(isinstance(f, _HideDeliveryUrls) for f in _httpx_logger.filters):
-    _httpx_logger.addFilter(_HideDeliveryUrls())
 
 
 def redact(text: str) -> str:
@@ -145,17 +130,13 @@ async def deliver(
     request: DeliveryRequest,
     *,
     adapter: PlatformAdapter,
-    client: httpx.AsyncClient,
+    client: PlatformClient,
     options: DeliveryOptions,
     token_cache: OAuth2TokenCache,
 ) -> DeliveryResult:
     """Send `request` to its platform, retrying as SPEC §6 says; raise PlatformError when it cannot be done."""
     delivery = _Delivery(request=request, adapter=adapter, client=client, options=options, token_cache=token_cache)
-    marker = _IN_DELIVERY.set(True)
-    try:
-        return await delivery.run()
-    finally:
-        _IN_DELIVERY.reset(marker)
+    return await delivery.run()
 
 
 class _Delivery:
@@ -166,7 +147,7 @@ class _Delivery:
         *,
         request: DeliveryRequest,
         adapter: PlatformAdapter,
-        client: httpx.AsyncClient,
+        client: PlatformClient,
         options: DeliveryOptions,
         token_cache: OAuth2TokenCache,
     ) -> None:
@@ -177,6 +158,8 @@ class _Delivery:
         self.token_cache = token_cache
         self.grant = client_credentials_grant(request.auth_type, request.auth_config, request.credentials)
         self.secrets = _secret_values(request, adapter)
+        # The secrets longest first (a secret inside a longer one is replaced after it), kept until one is added.
+        self._ordered: list[str] | None = None
         self.attempts = 0
         # True once any attempt may have been processed by the platform; a later refused connection does not
         # undo an earlier 500 that the platform may have acted on.
@@ -194,17 +177,16 @@ class _Delivery:
             outgoing = self.adapter.build_request(self.request)
         except ValidationError as exc:
             raise PlatformError(self.scrub(exc.detail), reached_platform=False) from exc
-        self.host = httpx.URL(outgoing.url).host
+        self.host = parse_url(outgoing.url).host
         if outgoing.timeout_seconds is not None:
             self.timeout = min(self.timeout, outgoing.timeout_seconds)
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(1 + self.options.retry_attempts),
-            wait=self._wait,
-            retry=retry_if_exception(self._should_retry),
-            reraise=True,
-        )
         try:
-            result: DeliveryResult = await retrying(self._attempt, outgoing)
+            try:
+                result = await self._attempt(outgoing)
+            except PlatformError as exc:
+                if not self._should_retry(exc) or self.options.retry_attempts == 0:
+                    raise
+                result = await self._retry(outgoing, exc)
         except PlatformError as exc:
             raise self._final(exc) from exc
         logger.info(
@@ -216,11 +198,35 @@ class _Delivery:
         )
         return result
 
+    async def _retry(self, outgoing: OutgoingRequest, failure: PlatformError) -> DeliveryResult:
+        """The attempts after a first one that failed and may be retried.
+
+        Tenacity is handed that failure as its own first attempt, so the attempt numbers, the backoff, the
+        Retry-After waits and the stop are those of a retry loop that ran from the start.
+        """
+        first = [failure]
+
+        async def attempt() -> DeliveryResult:
+            if first:
+                raise first.pop()
+            return await self._attempt(outgoing)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(1 + self.options.retry_attempts),
+            wait=self._wait,
+            retry=retry_if_exception(self._should_retry),
+            reraise=True,
+        )
+        result: DeliveryResult = await retrying(attempt)
+        return result
+
     def scrub(self, text: str) -> str:
         return redact(self._without_secrets(text))
 
     def _without_secrets(self, text: str) -> str:
-        for secret in sorted(self.secrets, key=len, reverse=True):
+        if self._ordered is None:
+            self._ordered = sorted(self.secrets, key=len, reverse=True)
+        for secret in self._ordered:
             text = text.replace(secret, REDACTED)
         return text
 
@@ -313,82 +319,78 @@ class _Delivery:
         for value in auth.values():
             for sent in (value, value.removeprefix("Bearer "), value.removeprefix("Basic ")):
                 self.secrets.update(secret_variants(sent))
+        self._ordered = None
         headers = {**outgoing.headers, **auth}
         return headers, await self._send(outgoing, headers)
 
     async def _send(self, outgoing: OutgoingRequest, headers: dict[str, str]) -> httpx.Response:
         for name, value in headers.items():
             if not is_sendable_header_value(value):
-                # Checked here rather than left to h11, whose refusal quotes the value (a credential) in its own
-                # debug log line before this code can scrub it.
+                # Checked here rather than left to the HTTP client, whose refusal may quote the value (a
+                # credential) in an error or a log line before this code can scrub it.
                 raise PlatformError(
                     f"{self.adapter.platform} request header {name} holds a value that cannot be sent in an HTTP "
                     "header (a control character or non-ASCII); nothing was sent",
                     reached_platform=False,
                 )
-        try:
-            http_request = self.client.build_request(
-                outgoing.method, outgoing.url, headers=headers, content=outgoing.content or None, timeout=self.timeout
-            )
-        except (ValueError, TypeError, httpx.InvalidURL) as exc:
-            # A header value httpx cannot encode (non-ASCII): nothing was sent. The error text is not kept: it
-            # quotes the value, which is a credential.
-            raise PlatformError(
-                f"{self.adapter.platform} request could not be built: {type(exc).__name__} (a header value httpx "
-                "cannot encode?); nothing was sent",
-                reached_platform=False,
-            ) from exc
+        session = self.client.session()
+        # The URL exactly as httpx encodes it (the form the URL policy checked), sent without re-encoding.
+        url = yarl.URL(str(parse_url(outgoing.url)), encoded=True)
         started = time.perf_counter()
         try:
-            # httpx's timeout applies per read; this bounds a platform that trickles a response too.
+            # The client's timeouts apply per connect and per read; this bounds a platform that trickles too.
             async with asyncio.timeout(self.timeout):
                 # Never follow redirects: the target was not checked against the URL policy (see webhook_url).
-                response = await self.client.send(http_request, follow_redirects=False, stream=True)
+                response = await session.request(
+                    outgoing.method,
+                    url,
+                    headers=headers,
+                    data=outgoing.content or None,
+                    allow_redirects=False,
+                    timeout=request_timeout(self.timeout),
+                )
                 try:
-                    limit = self.options.max_response_bytes if response.is_success else ERROR_BODY_BYTES
+                    limit = self.options.max_response_bytes if 200 <= response.status < 300 else ERROR_BODY_BYTES
                     body, truncated = await _read_body(response, limit=limit)
                 finally:
-                    await response.aclose()
-        except (TimeoutError, httpx.TransportError) as exc:
+                    response.release()
+        except (TimeoutError, aiohttp.ClientError) as exc:
             error = self._transport_error(exc)
             self.reached = self.reached or error.reached_platform
             self._log_attempt(type(error).__name__, started)
             raise error from exc
+        except (ValueError, TypeError) as exc:
+            # The client could not encode the request (a header value, the body): nothing was sent. The error
+            # text is not kept: it may quote the value, which is a credential.
+            raise PlatformError(
+                f"{self.adapter.platform} request could not be built: {type(exc).__name__} (a header value the "
+                "HTTP client cannot encode?); nothing was sent",
+                reached_platform=False,
+            ) from exc
         self.reached = True
-        self._log_attempt(response.status_code, started)
-        if truncated and response.is_success:
+        self._log_attempt(response.status, started)
+        if truncated and 200 <= response.status < 300:
             raise PlatformError(
                 f"{self.adapter.platform} response is larger than {self.options.max_response_bytes} bytes",
-                platform_status=response.status_code,
+                platform_status=response.status,
             )
-        headers_kept = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _DECODED_HEADERS]
-        return httpx.Response(response.status_code, headers=headers_kept, content=body, request=http_request)
+        return buffered_response(response, body)
 
     def _transport_error(self, exc: BaseException) -> PlatformError:
         platform = self.adapter.platform
-        if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        name, never_sent = failure_name(exc)
+        if isinstance(exc, TimeoutError):
             # Before the connection exists nothing was sent; after it, the platform may be working on it.
-            never_sent = isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
             return PlatformTimeoutError(
                 f"{platform} did not answer within {self.timeout:g} seconds ({self.host})",
                 retryable=True,
                 reached_platform=not never_sent,
             )
-        if isinstance(exc, httpx.LocalProtocolError):
-            # Our own HTTP client refused the request before sending it (an illegal header value, CR or LF in a
-            # credential stored before they were refused): the same request would be refused again, and the
-            # platform never saw it. Its text quotes the header value, a credential, so it is left out.
-            return PlatformError(
-                f"{platform} request to {self.host} was refused by the HTTP client before sending "
-                "(LocalProtocolError: an illegal header value?); nothing was sent",
-                reached_platform=False,
-            )
-        reason = self.scrub(str(exc))[:MAX_ERROR_BODY] or type(exc).__name__
-        if isinstance(exc, httpx.UnsupportedProtocol):
-            return PlatformError(f"{platform} URL is not usable: {reason}", reached_platform=False)
-        never_sent = isinstance(exc, httpx.ConnectError | httpx.ProxyError)
+        if name == "UnsupportedProtocol":
+            return PlatformError(f"{platform} URL is not usable: {type(exc).__name__}", reached_platform=False)
+        reason = self.scrub(failure_reason(exc))[:MAX_ERROR_BODY] or type(exc).__name__
         return PlatformError(
-            f"{platform} delivery to {self.host} failed: {type(exc).__name__}: {reason}",
+            f"{platform} delivery to {self.host} failed: {name}: {reason}",
             retryable=True,
             reached_platform=not never_sent,
         )
@@ -427,11 +429,11 @@ class _Delivery:
         )
 
 
-async def _read_body(response: httpx.Response, *, limit: int) -> tuple[bytes, bool]:
+async def _read_body(response: aiohttp.ClientResponse, *, limit: int) -> tuple[bytes, bool]:
     """At most `limit` bytes of the (decoded) body, and whether there was more."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    while chunk := await response.content.read(limit + 1 - size):
         chunks.append(chunk)
         size += len(chunk)
         if size > limit:
@@ -439,19 +441,23 @@ async def _read_body(response: httpx.Response, *, limit: int) -> tuple[bytes, bo
     return b"".join(chunks), False
 
 
-def secret_variants(secret: str) -> set[str]:
+@lru_cache(maxsize=1024)
+def secret_variants(secret: str) -> frozenset[str]:
     """Every form in which a platform may echo `secret` back: as sent, JSON-escaped (a secret holding `"` or `\\`
     in a JSON error body), with its whitespace runs collapsed (as the error snippet is), percent-encoded and
-    base64-encoded (standard and URL-safe, padded or not). Forms shorter than MIN_SECRET_LENGTH are left out."""
+    base64-encoded (standard and URL-safe, padded or not). Forms shorter than MIN_SECRET_LENGTH are left out.
+
+    Remembered for the most recent secrets, in this process's memory only (where the decrypted credentials of
+    a delivery are anyway): every delivery of an agent needs the same forms of the same secrets."""
     if len(secret) < MIN_SECRET_LENGTH:
-        return set()
+        return frozenset()
     escaped = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
     forms = escaped | {" ".join(form.split()) for form in escaped}
     forms |= {quote(secret, safe=""), quote(secret), quote_plus(secret)}
     raw = secret.encode("utf-8", "surrogatepass")
     for encoded in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):
         forms |= {encoded, encoded.rstrip("=")}
-    return {form for form in forms if len(form) >= MIN_SECRET_LENGTH}
+    return frozenset(form for form in forms if len(form) >= MIN_SECRET_LENGTH)
 
 
 def _secret_values(request: DeliveryRequest, adapter: PlatformAdapter) -> set[str]:

@@ -14,6 +14,11 @@ would bypass this check, so a 3xx from a platform is a non-retryable PlatformErr
 
 Cloud metadata addresses are refused even when private webhooks are allowed: no development setup needs
 them, and allowing private webhooks on a cloud VM must not expose its credentials.
+
+The DNS-free part is a function of the URL and the settings alone, and runs before every delivery attempt, so
+a URL that passed is remembered (bounded, short URLs only: a GET's query carries the invocation's input, and
+webhook URLs are secrets, kept no longer than the process keeps the agents). A refusal is never remembered:
+it is worked out again each time, with its message. The resolution of names is never cached.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import asyncio
 import ipaddress
 import re
 import socket
+from functools import lru_cache
 
 import httpx
 
@@ -55,8 +61,33 @@ _HOSTNAME = re.compile(
 )
 
 
+# Longer URLs are checked every time rather than remembered.
+CACHED_URL_LENGTH = 2048
+CACHED_URLS = 1024
+
+
 def check_webhook_url(url: str, *, allow_private: bool, allowed_domains: tuple[str, ...], field: str) -> None:
     """Refuse a URL the gateway must not send to, without DNS. Raises ValidationError naming `field`."""
+    _checked(url, allow_private, allowed_domains, field)
+
+
+def parse_url(url: str) -> httpx.URL:
+    """`httpx.URL(url)`, remembered for short URLs; raises httpx.InvalidURL as it does."""
+    if isinstance(url, str) and len(url) <= CACHED_URL_LENGTH:
+        return _cached_parse(url)
+    return httpx.URL(url)
+
+
+_cached_parse = lru_cache(maxsize=CACHED_URLS)(httpx.URL)
+
+
+def _checked(url: str, allow_private: bool, allowed_domains: tuple[str, ...], field: str) -> httpx.URL:
+    if isinstance(url, str) and len(url) <= CACHED_URL_LENGTH and isinstance(allowed_domains, tuple):
+        return _cached_check(url, allow_private, allowed_domains, field)
+    return _check(url, allow_private, allowed_domains, field)
+
+
+def _check(url: str, allow_private: bool, allowed_domains: tuple[str, ...], field: str) -> httpx.URL:
     parsed = _parse(url, field=field)
     host = _host(parsed)
     address = _literal_address(host)
@@ -76,6 +107,11 @@ def check_webhook_url(url: str, *, allow_private: bool, allowed_domains: tuple[s
             raise ValidationError(f"{field}: host {shown} is {problem}; {_refused_unless()}")
     elif not allow_private and (host in LOCAL_HOSTS or host.endswith(".localhost")):
         raise ValidationError(f"{field}: host {host} is a loopback name; {_refused_unless()}")
+    return parsed
+
+
+# lru_cache keeps results only: a URL that raised is checked again next time.
+_cached_check = lru_cache(maxsize=CACHED_URLS)(_check)
 
 
 async def resolve_and_check(url: str, *, allow_private: bool, allowed_domains: tuple[str, ...], field: str) -> None:
@@ -84,10 +120,9 @@ async def resolve_and_check(url: str, *, allow_private: bool, allowed_domains: t
     Raises ValidationError for a refused URL and PlatformError (retryable, never reached) when the name does
     not resolve.
     """
-    check_webhook_url(url, allow_private=allow_private, allowed_domains=allowed_domains, field=field)
+    parsed = _checked(url, allow_private, allowed_domains, field)
     if allow_private:
         return
-    parsed = httpx.URL(url)
     host = _host(parsed)
     if _literal_address(host) is None:
         await resolve_public_addresses(host, parsed.port or 443, field=field)
@@ -146,7 +181,7 @@ def _parse(url: str, *, field: str) -> httpx.URL:
     if not isinstance(url, str) or not url:
         raise ValidationError(f"{field} is required")
     try:
-        parsed = httpx.URL(url)
+        parsed = parse_url(url)
     except httpx.InvalidURL as exc:
         raise ValidationError(f"{field} is not a valid URL: {exc}") from exc
     if not parsed.host:

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
-import httpx
 import pytest
 
 from external_agents.errors import PlatformError, PlatformTimeoutError
@@ -23,6 +22,7 @@ from external_agents.nodes.platforms import get_adapter
 from external_agents.nodes.platforms.auth import OAuth2TokenCache, validate_auth_config
 from external_agents.nodes.platforms.base import DeliveryOptions, DeliveryRequest, DeliveryResult
 from external_agents.nodes.platforms.delivery import deliver
+from external_agents.nodes.platforms.http_client import PlatformClient
 from tests.platform_server import TOKEN_PATH, PlatformServer, ScriptedResponse, closed_port_url
 
 OPTIONS = DeliveryOptions(
@@ -46,10 +46,11 @@ FACTS = [
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    # trust_env=False: a proxy from the environment must not see (or break) traffic to 127.0.0.1.
-    async with httpx.AsyncClient(trust_env=False) as http_client:
-        yield http_client
+async def client() -> AsyncIterator[PlatformClient]:
+    # The app's own client (it uses no proxy from the environment, so none sees or breaks traffic to 127.0.0.1).
+    http_client = PlatformClient(max_connections=100)
+    yield http_client
+    await http_client.aclose()
 
 
 def make_request(
@@ -83,7 +84,7 @@ def make_request(
 
 async def send(
     request: DeliveryRequest,
-    client: httpx.AsyncClient,
+    client: PlatformClient,
     *,
     platform: str = "custom_http",
     options: DeliveryOptions = OPTIONS,
@@ -339,7 +340,7 @@ PLATFORM_CASES: list[PlatformCase] = [
 )
 async def test_each_platform_receives_its_documented_payload(
     platform_server: PlatformServer,
-    client: httpx.AsyncClient,
+    client: PlatformClient,
     platform: str,
     config: Callable[[PlatformServer], dict[str, Any]],
     path: str,
@@ -368,7 +369,7 @@ async def test_each_platform_receives_its_documented_payload(
 
 
 async def test_custom_http_get_sends_the_envelope_in_the_query(
-    platform_server: PlatformServer, client: httpx.AsyncClient
+    platform_server: PlatformServer, client: PlatformClient
 ) -> None:
     platform_server.script("/lookup", ScriptedResponse(body="plain answer", headers={"X-Cost-USD": "0.25"}))
     request = make_request("custom_http", {"url": platform_server.url("/lookup?fixed=1"), "method": "get"})
@@ -429,7 +430,7 @@ AUTH_CASES: list[tuple[str, dict[str, Any], dict[str, str | None]]] = [
 @pytest.mark.parametrize(("auth_config", "expected"), [c[1:] for c in AUTH_CASES], ids=[c[0] for c in AUTH_CASES])
 async def test_auth_type_sets_its_header(
     platform_server: PlatformServer,
-    client: httpx.AsyncClient,
+    client: PlatformClient,
     auth_config: dict[str, Any],
     expected: dict[str, str | None],
 ) -> None:
@@ -452,7 +453,7 @@ async def test_auth_type_sets_its_header(
 )
 async def test_hmac_signs_the_exact_body(
     platform_server: PlatformServer,
-    client: httpx.AsyncClient,
+    client: PlatformClient,
     algorithm: str,
     header_name: str,
     credentials: dict[str, str],
@@ -482,9 +483,7 @@ def _oauth_request(server: PlatformServer, **credentials: str) -> DeliveryReques
     return make_request("custom_http", {"url": server.url("/agent")}, auth_config=auth_config)
 
 
-async def test_oauth2_token_is_fetched_once_and_cached(
-    platform_server: PlatformServer, client: httpx.AsyncClient
-) -> None:
+async def test_oauth2_token_is_fetched_once_and_cached(platform_server: PlatformServer, client: PlatformClient) -> None:
     cache = OAuth2TokenCache()
     request = _oauth_request(platform_server)
 
@@ -500,7 +499,7 @@ async def test_oauth2_token_is_fetched_once_and_cached(
 
 
 async def test_oauth2_client_secret_post_sends_the_secret_in_the_form(
-    platform_server: PlatformServer, client: httpx.AsyncClient
+    platform_server: PlatformServer, client: PlatformClient
 ) -> None:
     await send(_oauth_request(platform_server, token_auth_method="client_secret_post"), client)
 
@@ -515,7 +514,7 @@ async def test_oauth2_client_secret_post_sends_the_secret_in_the_form(
 
 
 async def test_oauth2_concurrent_deliveries_share_one_token_request(
-    platform_server: PlatformServer, client: httpx.AsyncClient
+    platform_server: PlatformServer, client: PlatformClient
 ) -> None:
     platform_server.script(TOKEN_PATH, ScriptedResponse(body={"access_token": "shared", "expires_in": 60}, delay=0.1))
     cache = OAuth2TokenCache()
@@ -528,7 +527,7 @@ async def test_oauth2_concurrent_deliveries_share_one_token_request(
 
 
 async def test_oauth2_token_is_refetched_after_it_expires(
-    platform_server: PlatformServer, client: httpx.AsyncClient
+    platform_server: PlatformServer, client: PlatformClient
 ) -> None:
     now = [1000.0]
     cache = OAuth2TokenCache(margin_seconds=30, clock=lambda: now[0])
@@ -545,7 +544,7 @@ async def test_oauth2_token_is_refetched_after_it_expires(
     assert platform_server.requests("/agent")[-1].headers["Authorization"] == "Bearer token-2"
 
 
-async def test_oauth2_refreshes_once_on_401(platform_server: PlatformServer, client: httpx.AsyncClient) -> None:
+async def test_oauth2_refreshes_once_on_401(platform_server: PlatformServer, client: PlatformClient) -> None:
     platform_server.script("/agent", ScriptedResponse(status=401, body="token revoked"))
     cache = OAuth2TokenCache()
 
@@ -559,7 +558,7 @@ async def test_oauth2_refreshes_once_on_401(platform_server: PlatformServer, cli
 
 
 async def test_oauth2_second_401_is_not_refreshed_again(
-    platform_server: PlatformServer, client: httpx.AsyncClient
+    platform_server: PlatformServer, client: PlatformClient
 ) -> None:
     platform_server.script("/agent", *[ScriptedResponse(status=401)] * 2)
 
@@ -573,7 +572,7 @@ async def test_oauth2_second_401_is_not_refreshed_again(
 
 
 async def test_oauth2_token_endpoint_refusal_never_reaches_the_platform(
-    platform_server: PlatformServer, client: httpx.AsyncClient
+    platform_server: PlatformServer, client: PlatformClient
 ) -> None:
     platform_server.script(
         TOKEN_PATH,
@@ -591,7 +590,7 @@ async def test_oauth2_token_endpoint_refusal_never_reaches_the_platform(
 
 
 async def test_timeout_is_retried_then_raised_within_bounded_time(
-    platform_server: PlatformServer, client: httpx.AsyncClient
+    platform_server: PlatformServer, client: PlatformClient
 ) -> None:
     options = replace(OPTIONS, retry_attempts=1)
     platform_server.script("/slow", *[ScriptedResponse(delay=1.0)] * 2)
@@ -609,9 +608,7 @@ async def test_timeout_is_retried_then_raised_within_bounded_time(
     assert "after 2 attempts" in caught.value.detail
 
 
-async def test_agent_timeout_shortens_the_global_one(
-    platform_server: PlatformServer, client: httpx.AsyncClient
-) -> None:
+async def test_agent_timeout_shortens_the_global_one(platform_server: PlatformServer, client: PlatformClient) -> None:
     platform_server.script("/slow", ScriptedResponse(delay=0.5))
     request = make_request("custom_http", {"url": platform_server.url("/slow"), "timeout": 0.1})
     options = replace(OPTIONS, timeout_seconds=2.0, retry_attempts=0)
@@ -623,7 +620,7 @@ async def test_agent_timeout_shortens_the_global_one(
     assert time.monotonic() - started < 0.4
 
 
-async def test_429_retry_after_is_honoured(platform_server: PlatformServer, client: httpx.AsyncClient) -> None:
+async def test_429_retry_after_is_honoured(platform_server: PlatformServer, client: PlatformClient) -> None:
     platform_server.script("/agent", ScriptedResponse(status=429, headers={"Retry-After": "1"}))
     request = make_request("custom_http", {"url": platform_server.url("/agent")})
 
@@ -635,7 +632,7 @@ async def test_429_retry_after_is_honoured(platform_server: PlatformServer, clie
     assert len(platform_server.requests("/agent")) == 2
 
 
-async def test_retry_after_in_the_body_is_honoured(platform_server: PlatformServer, client: httpx.AsyncClient) -> None:
+async def test_retry_after_in_the_body_is_honoured(platform_server: PlatformServer, client: PlatformClient) -> None:
     config = {"bot_token": BOT_TOKEN, "chat_id": 5, "api_base_url": platform_server.url("/tg")}
     path = f"/tg/bot{BOT_TOKEN}/sendMessage"
     platform_server.script(
@@ -652,7 +649,7 @@ async def test_retry_after_in_the_body_is_honoured(platform_server: PlatformServ
 
 
 async def test_retry_after_beyond_the_cap_fails_at_once(
-    platform_server: PlatformServer, client: httpx.AsyncClient
+    platform_server: PlatformServer, client: PlatformClient
 ) -> None:
     platform_server.script("/agent", ScriptedResponse(status=429, headers={"Retry-After": "120"}))
 
@@ -665,7 +662,7 @@ async def test_retry_after_beyond_the_cap_fails_at_once(
     assert len(platform_server.requests("/agent")) == 1
 
 
-async def test_500_then_success_is_retried(platform_server: PlatformServer, client: httpx.AsyncClient) -> None:
+async def test_500_then_success_is_retried(platform_server: PlatformServer, client: PlatformClient) -> None:
     platform_server.script("/agent", ScriptedResponse(status=500, body="boom"), ScriptedResponse(status=503))
 
     result = await send(make_request("custom_http", {"url": platform_server.url("/agent")}), client)
@@ -675,7 +672,7 @@ async def test_500_then_success_is_retried(platform_server: PlatformServer, clie
 
 
 async def test_5xx_every_time_gives_up_after_all_attempts(
-    platform_server: PlatformServer, client: httpx.AsyncClient
+    platform_server: PlatformServer, client: PlatformClient
 ) -> None:
     platform_server.script("/agent", *[ScriptedResponse(status=502, body="bad gateway")] * 3)
 
@@ -689,9 +686,7 @@ async def test_5xx_every_time_gives_up_after_all_attempts(
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 408, 422])
-async def test_other_4xx_is_not_retried(
-    platform_server: PlatformServer, client: httpx.AsyncClient, status: int
-) -> None:
+async def test_other_4xx_is_not_retried(platform_server: PlatformServer, client: PlatformClient, status: int) -> None:
     platform_server.script("/agent", ScriptedResponse(status=status, body={"error": "nope"}))
 
     with pytest.raises(PlatformError) as caught:
@@ -703,7 +698,7 @@ async def test_other_4xx_is_not_retried(
     assert caught.value.reached_platform
 
 
-async def test_redirect_is_not_followed(platform_server: PlatformServer, client: httpx.AsyncClient) -> None:
+async def test_redirect_is_not_followed(platform_server: PlatformServer, client: PlatformClient) -> None:
     platform_server.script(
         "/agent", ScriptedResponse(status=302, headers={"Location": platform_server.url("/internal")})
     )
@@ -717,7 +712,7 @@ async def test_redirect_is_not_followed(platform_server: PlatformServer, client:
 
 
 async def test_teams_throttling_inside_a_200_is_retried(
-    platform_server: PlatformServer, client: httpx.AsyncClient
+    platform_server: PlatformServer, client: PlatformClient
 ) -> None:
     throttled = "Webhook message delivery failed with error: Microsoft Teams endpoint returned HTTP error 429"
     platform_server.script("/teams", ScriptedResponse(body=throttled), ScriptedResponse(body="1"))
@@ -729,7 +724,7 @@ async def test_teams_throttling_inside_a_200_is_retried(
     assert result.output == {"delivered": True, "response": "1"}
 
 
-async def test_connection_refused_never_reached_the_platform(client: httpx.AsyncClient) -> None:
+async def test_connection_refused_never_reached_the_platform(client: PlatformClient) -> None:
     request = make_request("custom_http", {"url": closed_port_url("/agent")})
 
     with pytest.raises(PlatformError) as caught:
@@ -741,7 +736,7 @@ async def test_connection_refused_never_reached_the_platform(client: httpx.Async
 
 
 async def test_private_url_is_refused_at_delivery_without_sending(
-    platform_server: PlatformServer, client: httpx.AsyncClient
+    platform_server: PlatformServer, client: PlatformClient
 ) -> None:
     request = make_request("custom_http", {"url": platform_server.url("/agent")})
     options = replace(OPTIONS, allow_private_webhooks=False)
@@ -755,7 +750,7 @@ async def test_private_url_is_refused_at_delivery_without_sending(
     assert platform_server.requests() == []
 
 
-async def test_oversized_response_is_refused(platform_server: PlatformServer, client: httpx.AsyncClient) -> None:
+async def test_oversized_response_is_refused(platform_server: PlatformServer, client: PlatformClient) -> None:
     platform_server.script("/agent", ScriptedResponse(body="x" * 5000))
     options = replace(OPTIONS, max_response_bytes=1000)
 
@@ -767,11 +762,10 @@ async def test_oversized_response_is_refused(platform_server: PlatformServer, cl
 
 
 async def test_errors_and_logs_never_contain_credentials(
-    platform_server: PlatformServer, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    platform_server: PlatformServer, client: PlatformClient, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Every logger at DEBUG, the HTTP client's (aiohttp) included.
     caplog.set_level(logging.DEBUG)
-    # The app quiets httpx to WARNING (nexus_app.configure_logging); this test needs its request lines.
-    caplog.set_level(logging.DEBUG, logger="httpx")
     path = f"/tg/bot{BOT_TOKEN}/sendMessage"
     echo = f"bad request to /bot{BOT_TOKEN}/sendMessage with token={BOT_TOKEN} and Bearer {BOT_TOKEN}"
     platform_server.script(path, ScriptedResponse(status=400, body=echo))
@@ -795,5 +789,4 @@ async def test_errors_and_logs_never_contain_credentials(
     assert "ABC-DEF_ghijklmnopqrstuvwxyz0123" not in text
     assert "my-api-key-1" not in text
     assert "platform_delivery.attempt platform=telegram host=127.0.0.1 attempt=1 status=400" in caplog.text
-    assert f'HTTP Request: POST {platform_server.base_url}/*** "HTTP/1.1 400 Bad Request"' in caplog.text
     assert errors[0].startswith("telegram returned HTTP 400: bad request to /bot***/sendMessage")

@@ -4,7 +4,7 @@ An aiohttp session rather than httpx: measured on a loopback platform, an httpx 
 CPU (httpcore, anyio and sniffio on every read and write, two writes per request) against about 0.2 ms for
 aiohttp, whose HTTP parser is compiled. The session keeps what the httpx client did that a platform can tell:
 the same trust store (httpx's own SSL context: certifi, or SSL_CERT_FILE/SSL_CERT_DIR), no redirects followed
-(each request says so), no Content-Type added to a body that has none, and response headers up to h11's size.
+(each request says so), no Content-Type added to a body that has none, and response heads as large as httpcore accepted.
 It keeps no cookies: a cookie one agent's platform set must not be sent on behalf of another agent on that host.
 Proxies and netrc from the environment are not used (trust_env=False), so nothing adds an Authorization header.
 
@@ -23,8 +23,10 @@ import httpx
 
 # The client decoded the body already; a response rebuilt from it must not decode or frame it again.
 _DECODED_HEADERS = frozenset({b"content-encoding", b"content-length", b"transfer-encoding"})
-# h11's default limit on a response head (the httpx client's); aiohttp's own default refuses 8 KiB headers.
-MAX_HEADER_BYTES = 16 * 1024
+# The largest response head httpcore accepted (its h11 max_incomplete_event_size); aiohttp's own default
+# refuses a header line over 8 KiB, which a platform's long cookie or CSP header can exceed.
+MAX_HEADER_BYTES = 100 * 1024
+MAX_HEADERS = 1000
 
 
 class PlatformClient:
@@ -57,6 +59,7 @@ class PlatformClient:
                 trust_env=False,
                 max_line_size=MAX_HEADER_BYTES,
                 max_field_size=MAX_HEADER_BYTES,
+                max_headers=MAX_HEADERS,
             )
             self._loop = loop
         return self._session

@@ -289,3 +289,22 @@ def _adapter():
     from external_agents.nodes.platforms import get_adapter
 
     return get_adapter("custom_http")
+
+
+async def test_the_client_opens_again_after_it_was_closed(platform_server: PlatformServer) -> None:
+    # The app closes its client at shutdown; a host that starts it again (a test client's lifespan) delivers.
+    client = PlatformClient(max_connections=10)
+    platform_server.script("/again", ScriptedResponse(body="one"), ScriptedResponse(body="two"))
+    outputs = []
+    for _ in range(2):
+        result = await deliver(
+            make_request("custom_http", {"url": platform_server.url("/again")}),
+            adapter=_adapter(),
+            client=client,
+            options=OPTIONS,
+            token_cache=OAuth2TokenCache(),
+        )
+        outputs.append(result.output)
+        await client.aclose()
+
+    assert outputs == ["one", "two"]

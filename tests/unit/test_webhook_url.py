@@ -152,3 +152,27 @@ async def test_resolve_and_check_skips_dns_for_literal_public_addresses() -> Non
 
 async def test_resolve_and_check_with_allow_private_accepts_localhost() -> None:
     await resolve_and_check("http://localhost:1/hook", allow_private=True, allowed_domains=(), field=FIELD)
+
+
+def test_a_url_that_passed_is_refused_again_under_stricter_settings() -> None:
+    # Passing URLs are remembered per URL and settings: a pass with private webhooks allowed is not a pass without.
+    url = "http://127.0.0.1:8000/remembered"
+    for _ in range(2):
+        check(url, allow_private=True)
+        with pytest.raises(ValidationError, match=f"{FIELD} must use https"):
+            check(url)
+
+
+def test_a_refusal_is_worked_out_each_time_with_the_field_it_names() -> None:
+    url = "https://10.0.0.1/x"
+    for field in ("platform_config.url", "auth_config.credentials.token_url", "platform_config.url"):
+        with pytest.raises(ValidationError) as caught:
+            check_webhook_url(url, allow_private=False, allowed_domains=(), field=field)
+        assert caught.value.detail == f"{field}: host 10.0.0.1 is a private address; {UNLESS}"
+
+
+def test_a_long_url_is_checked_as_a_short_one_is() -> None:
+    path = "/x" * 2000
+    check("https://93.184.216.34" + path)
+    with pytest.raises(ValidationError, match="loopback address"):
+        check("https://127.0.0.1" + path)

@@ -303,26 +303,24 @@ class Reconciled:
         )
 
 
-def reconcile(stack: dict, *, label: str, agent_id: str, path: str, answered: int) -> Reconciled:
+def reconcile(
+    connection: sa.Connection, platform: str, *, label: str, agent_id: str, path: str, answered: int
+) -> Reconciled:
     """Counts for one agent once its in-flight requests have settled (polled, up to 30 s)."""
-    engine = sync_engine(stack["database_url"])
     query = sa.text(
         "SELECT (SELECT count(*) FROM invocation_lineage WHERE external_agent_id = :id), "
         "(SELECT count(*) FROM invocation_lineage WHERE external_agent_id = :id AND status = 'pending'), "
         "(SELECT count(*) FROM billing_usage WHERE external_agent_id = :id)"
     )
     deadline = time.monotonic() + 30
-    try:
-        while True:
-            delivered = httpx.get(f"{stack['platform']}/count").json().get(path, 0)
-            with engine.connect() as connection:
-                lineage, pending, billed = connection.execute(query, {"id": agent_id}).one()
-            counts = Reconciled(label, answered, delivered, lineage, billed, pending)
-            if counts.holds or time.monotonic() > deadline:
-                return counts
-            time.sleep(0.1)
-    finally:
-        engine.dispose()
+    while True:
+        delivered = httpx.get(f"{platform}/count").json().get(path, 0)
+        lineage, pending, billed = connection.execute(query, {"id": agent_id}).one()
+        connection.rollback()  # each poll in a transaction of its own, so it sees the rows committed since
+        counts = Reconciled(label, answered, delivered, lineage, billed, pending)
+        if counts.holds or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.1)
 
 
 # --- sequential latency -----------------------------------------------------------------------------------------
@@ -421,7 +419,17 @@ def say(request: pytest.FixtureRequest, lines: list[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def load(stack: dict, request: pytest.FixtureRequest) -> Iterator[LoadFigures]:
+def counting(stack: dict) -> Iterator[sa.Connection]:
+    """The reconciling counts' connection, held from the start: PostgreSQL's 100 connections are shared by
+    everyone on this machine, and a count must not fail for want of one after a run."""
+    engine = sync_engine(stack["database_url"])
+    with engine.connect() as connection:
+        yield connection
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def load(stack: dict, counting: sa.Connection, request: pytest.FixtureRequest) -> Iterator[LoadFigures]:
     wrk = ensure_wrk()
     data_dir: Path = stack["data_dir"]
     app, platform = stack["app"], stack["platform"]
@@ -448,7 +456,7 @@ def load(stack: dict, request: pytest.FixtureRequest) -> Iterator[LoadFigures]:
             watched=watching,
         )
         answered = run.requests - run.non_2xx
-        reconciled.append(reconcile(stack, label=label, agent_id=agent_id, path=path, answered=answered))
+        reconciled.append(reconcile(counting, platform, label=label, agent_id=agent_id, path=path, answered=answered))
         return run
 
     def other_run(url: str, script: Path, label: str, seconds: int) -> LoadRun:
@@ -471,7 +479,8 @@ def load(stack: dict, request: pytest.FixtureRequest) -> Iterator[LoadFigures]:
     sequential = asyncio.run(sequential_p50s(app, platform, sequential_agent, SEQUENTIAL_ROUNDS))
     reconciled.append(
         reconcile(
-            stack,
+            counting,
+            platform,
             label="sequential",
             agent_id=sequential_agent,
             path=sequential_path,

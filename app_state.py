@@ -31,6 +31,7 @@ from external_agents.nodes.platforms.base import DeliveryOptions
 from external_agents.nodes.platforms.bulkhead import DeliveryBulkhead
 from external_agents.nodes.platforms.http_client import PlatformClient
 from external_agents.settings import Settings
+from external_agents.stores.api_key_cache import ApiKeyCache
 from external_agents.stores.database import create_engine
 from external_agents.stores.invocations import keep_replaying
 from external_agents.stores.pending import keep_sweeping
@@ -62,6 +63,8 @@ class AppState:
     lineage: LineageWorkflows
     limiter: RateLimiter
     policy_cache: PolicyCache
+    # The callers of recently used API keys, for the bearer-auth middleware and the MCP session.
+    keys: ApiKeyCache
     http_client: PlatformClient
     invoke: Workflow
     pipeline: InvocationPipeline
@@ -76,6 +79,7 @@ class AppState:
 
     async def start(self) -> None:
         self.background.append(asyncio.create_task(self.policy_cache.listen(), name="policy-cache-listener"))
+        self.background.append(asyncio.create_task(self.keys.listen(), name="api-key-cache-listener"))
         self.background.append(
             asyncio.create_task(keep_replaying(self.engine, self.journal), name="unrecorded-invocations-replay")
         )
@@ -195,6 +199,7 @@ def build_state(settings: Settings, *, host_workflows: dict[str, Workflow] | Non
         lineage=build_lineage_workflows(engine=engine),
         limiter=limiter,
         policy_cache=policy_cache,
+        keys=ApiKeyCache(engine),
         http_client=http_client,
         invoke=invoke,
         pipeline=pipeline,

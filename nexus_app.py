@@ -260,7 +260,7 @@ def install(
     def guard(inner: ASGIApp) -> ASGIApp:
         # Size limits outermost, so an oversized request costs no key lookup and no route.
         return RequestLimitsMiddleware(
-            BearerAuthMiddleware(inner, engine_of=lambda: state.engine),
+            BearerAuthMiddleware(inner, keys_of=lambda: state.keys),
             max_body_bytes=settings.kaizen_max_body_bytes,
             max_header_bytes=settings.kaizen_max_header_bytes,
         )

@@ -5,9 +5,10 @@ WebSocket handshakes too (Nexus mounts an echo socket at /ws), which are refused
 policy-violation close where the server cannot send a response to a handshake).
 The authenticated `Caller` is put on the request scope for routes to read.
 
-`caller_for_key` is that lookup on its own, for channels without a request per call: the MCP stdio session
-runs it before every tool call, so a key revoked mid-session is refused there as it is here, with the same
-status and detail.
+Known keys are served from the process's key cache (stores/api_key_cache.py), which every instance empties of a
+key the moment it is revoked anywhere. `caller_for_key` is that lookup on its own, for channels without a request
+per call: the MCP stdio session runs it before every tool call, so a key revoked mid-session is refused there as
+it is here, with the same status and detail.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from external_agents.channels.error_responses import error_response, send_refusal
 from external_agents.errors import ForbiddenError
-from external_agents.stores.api_keys import Caller, authenticate
+from external_agents.stores.api_key_cache import ApiKeyCache
+from external_agents.stores.api_keys import Caller
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +42,10 @@ class KeyRefusedError(Exception):
         self.detail = detail
 
 
-async def caller_for_key(engine: AsyncEngine, key: str, *, request_id: str) -> Caller:
-    """The caller `key` belongs to, looked up now; raise KeyRefusedError when it is unknown, revoked or unknowable."""
+async def caller_for_key(keys: ApiKeyCache, key: str, *, request_id: str) -> Caller:
+    """The caller `key` belongs to; raise KeyRefusedError when it is unknown, revoked or unknowable."""
     try:
-        caller = await authenticate(engine, key)
+        caller = await keys.caller(key)
     except Exception as exc:
         logger.error("auth.lookup_failed request_id=%s error=%s", request_id, type(exc).__name__)
         raise KeyRefusedError(503, LOOKUP_UNAVAILABLE) from None
@@ -54,9 +55,9 @@ async def caller_for_key(engine: AsyncEngine, key: str, *, request_id: str) -> C
 
 
 class BearerAuthMiddleware:
-    def __init__(self, app: ASGIApp, *, engine_of: Callable[[], AsyncEngine]) -> None:
+    def __init__(self, app: ASGIApp, *, keys_of: Callable[[], ApiKeyCache]) -> None:
         self.app = app
-        self.engine_of = engine_of
+        self.keys_of = keys_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -73,7 +74,7 @@ class BearerAuthMiddleware:
             await _reject(scope, receive, send, request_id, "Missing or malformed Authorization: Bearer <api key>")
             return
         try:
-            caller = await caller_for_key(self.engine_of(), key, request_id=request_id)
+            caller = await caller_for_key(self.keys_of(), key, request_id=request_id)
         except KeyRefusedError as refused:
             if refused.status_code == 401:
                 await _reject(scope, receive, send, request_id, refused.detail)

@@ -356,7 +356,7 @@ def caller_by_key(state: AppState, api_key: str) -> CallerOf:
     async def caller_of(_ctx: Context) -> Caller:
         request_id = uuid.uuid4().hex
         try:
-            return await caller_for_key(state.engine, api_key, request_id=request_id)
+            return await caller_for_key(state.keys, api_key, request_id=request_id)
         except KeyRefusedError as refused:
             body = error_body(refused.status_code, refused.detail, request_id=request_id)
             raise ToolError(json.dumps(body)) from None

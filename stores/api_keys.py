@@ -2,6 +2,11 @@
 
 A key is 32 random bytes, so an unsalted SHA-256 is as strong as a slow hash here and lets the lookup use an
 index; the stored and presented hashes are still compared in constant time.
+
+A change that can end a key's use is announced, on PostgreSQL, by a NOTIFY on `CHANGES_CHANNEL` with the key's
+hash, sent in the changing transaction itself: PostgreSQL delivers it exactly when the change commits, whichever
+process commits it (a gateway instance or the CLI), and never for a change rolled back. Every instance's key
+cache (stores/api_key_cache.py) listens and drops the entry.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from external_agents.models import TABLES
 from external_agents.stores.database import autocommit
 
 api_keys = TABLES["api_keys"]
+
+# The PostgreSQL NOTIFY channel of key changes; each message is the changed key's hash.
+CHANGES_CHANNEL = "external_agents_api_key_changed"
 
 KEY_PREFIX = "eak_"
 PERMISSIONS = (
@@ -83,7 +91,11 @@ async def create_api_key(
 
 
 async def authenticate(engine: AsyncEngine, key: str) -> Caller | None:
-    presented = hash_key(key)
+    return await caller_by_hash(engine, hash_key(key))
+
+
+async def caller_by_hash(engine: AsyncEngine, presented: str) -> Caller | None:
+    """The caller of the active key whose hash is `presented`, or None."""
     async with autocommit(engine).connect() as connection:
         result = await connection.execute(
             sa.select(api_keys.c.id, api_keys.c.organization_id, api_keys.c.permissions, api_keys.c.key_hash).where(
@@ -105,13 +117,25 @@ async def list_api_keys(engine: AsyncEngine, *, organization_id: str | None = No
 
 
 async def revoke_api_key(engine: AsyncEngine, *, key_id: str) -> bool:
+    """Revoke the key; when this returns, every instance's cache has been told (see the module docstring)."""
     async with engine.begin() as connection:
-        result = await connection.execute(
-            api_keys.update()
-            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-            .values(revoked_at=datetime.now(UTC))
-        )
-    return result.rowcount == 1
+        revoked = (
+            await connection.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=datetime.now(UTC))
+                .returning(api_keys.c.key_hash)
+            )
+        ).scalar_one_or_none()
+        if revoked is not None:
+            await announce_change(connection, revoked)
+    return revoked is not None
+
+
+async def announce_change(connection: AsyncConnection, key_hash: str) -> None:
+    """Tell every instance's key cache, when `connection`'s transaction commits, that the key changed."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(sa.select(sa.func.pg_notify(CHANGES_CHANNEL, key_hash)))
 
 
 async def has_any_key(engine: AsyncEngine) -> bool:

@@ -73,11 +73,11 @@ class ApiKeyCache:
         """The caller of the active key `key`, or None; from memory when it is there and may be served."""
         key_hash = hash_key(key)
         now = self._clock()
-        if self._listening:
-            entry = self._entries.get(key_hash)
-            if entry is not None and now - entry[0] < self._max_age:
-                self._entries.move_to_end(key_hash)
-                return entry[1]
+        # Empty whenever it is not listening (see _stop_serving), so whatever is found may be served.
+        entry = self._entries.get(key_hash)
+        if entry is not None and now - entry[0] < self._max_age:
+            self._entries.move_to_end(key_hash)
+            return entry[1]
         generation = self._generation
         caller = await caller_by_hash(self._engine, key_hash)
         if caller is not None and self._listening and generation == self._generation:

@@ -220,7 +220,7 @@ async def test_a_cache_that_is_not_listening_is_bypassed_and_emptied(engines):
     # Reconnecting only after a minute keeps this cache from listening again for the rest of the test.
     cache = ApiKeyCache(gateway, reconnect_seconds=60.0)
     assert not cache.listening
-    before_id, before = await new_key(cli)
+    _before_id, before = await new_key(cli)
     assert await cache.caller(before) is not None and len(cache) == 0, "nothing is kept before it listens"
 
     key_id, key = await new_key(cli)

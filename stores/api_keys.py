@@ -117,7 +117,7 @@ async def list_api_keys(engine: AsyncEngine, *, organization_id: str | None = No
 
 
 async def revoke_api_key(engine: AsyncEngine, *, key_id: str) -> bool:
-    """Revoke the key; when this returns, every instance's cache has been told (see the module docstring)."""
+    """Revoke the key. Its notice commits with it, so when this returns every listening instance has been sent it."""
     async with engine.begin() as connection:
         revoked = (
             await connection.execute(
@@ -133,7 +133,8 @@ async def revoke_api_key(engine: AsyncEngine, *, key_id: str) -> bool:
 
 
 async def announce_change(connection: AsyncConnection, key_hash: str) -> None:
-    """Tell every instance's key cache, when `connection`'s transaction commits, that the key changed."""
+    """Tell every instance's key cache, when `connection`'s transaction commits, that the key changed: to be
+    called in the transaction of any statement that revokes a key, deletes it or changes its permissions."""
     if connection.dialect.name == "postgresql":
         await connection.execute(sa.select(sa.func.pg_notify(CHANGES_CHANNEL, key_hash)))
 

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from external_agents.stores.api_keys import CHANGES_CHANNEL, Caller, caller_by_hash, hash_key
+from external_agents.stores.api_keys import CHANGES_CHANNEL, Caller, caller_by_hash, hash_key, tell_of_changes
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class ApiKeyCache:
         # Advanced by every drop: a lookup that began before one may have read the row as it was before the
         # change that caused it, and must not store its answer.
         self._generation = 0
+        # A change this process commits is dropped at once, without waiting for its notice to come back.
+        tell_of_changes(self)
 
     @property
     def listening(self) -> bool:
@@ -122,7 +124,7 @@ class ApiKeyCache:
                 lost.set()
 
             driver.add_termination_listener(on_lost)
-            await driver.add_listener(CHANGES_CHANNEL, self._on_change)
+            await driver.add_listener(CHANGES_CHANNEL, self._on_notice)
             # Anything looked up before the LISTEN took effect may have missed its notice.
             self._entries.clear()
             self._generation += 1
@@ -134,7 +136,11 @@ class ApiKeyCache:
                     await driver.fetchval("SELECT 1", timeout=self._health_seconds)
             raise ConnectionError("the listening connection was closed")
 
-    def _on_change(self, _connection: Any, _pid: int, _channel: str, key_hash: str) -> None:
+    def _on_notice(self, _connection: Any, _pid: int, _channel: str, key_hash: str) -> None:
+        self.key_changed(key_hash)
+
+    def key_changed(self, key_hash: str) -> None:
+        """Drop the key: it was revoked (or otherwise changed) and committed."""
         self._generation += 1
         self._entries.pop(key_hash, None)
 

@@ -6,7 +6,8 @@ index; the stored and presented hashes are still compared in constant time.
 A change that can end a key's use is announced, on PostgreSQL, by a NOTIFY on `CHANGES_CHANNEL` with the key's
 hash, sent in the changing transaction itself: PostgreSQL delivers it exactly when the change commits, whichever
 process commits it (a gateway instance or the CLI), and never for a change rolled back. Every instance's key
-cache (stores/api_key_cache.py) listens and drops the entry.
+cache (stores/api_key_cache.py) listens and drops the entry; the caches of the process that commits the change
+are also told directly, right after the commit, so a request that follows the change there never races its notice.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import hashlib
 import hmac
 import secrets
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -29,6 +31,20 @@ api_keys = TABLES["api_keys"]
 
 # The PostgreSQL NOTIFY channel of key changes; each message is the changed key's hash.
 CHANGES_CHANNEL = "external_agents_api_key_changed"
+
+
+class KeyChangeListener(Protocol):
+    def key_changed(self, key_hash: str) -> None: ...
+
+
+# This process's key caches, told of each change it commits as soon as it commits.
+_local_listeners: weakref.WeakSet[KeyChangeListener] = weakref.WeakSet()
+
+
+def tell_of_changes(listener: KeyChangeListener) -> None:
+    """Have `listener` told of every key change this process commits, for as long as it exists."""
+    _local_listeners.add(listener)
+
 
 KEY_PREFIX = "eak_"
 PERMISSIONS = (
@@ -127,9 +143,12 @@ async def revoke_api_key(engine: AsyncEngine, *, key_id: str) -> bool:
                 .returning(api_keys.c.key_hash)
             )
         ).scalar_one_or_none()
-        if revoked is not None:
-            await announce_change(connection, revoked)
-    return revoked is not None
+        if revoked is None:
+            return False
+        await announce_change(connection, revoked)
+    for listener in list(_local_listeners):
+        listener.key_changed(revoked)
+    return True
 
 
 async def announce_change(connection: AsyncConnection, key_hash: str) -> None:

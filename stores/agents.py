@@ -67,11 +67,16 @@ async def insert_agent(engine: AsyncEngine, row: dict[str, Any]) -> dict[str, An
     return {**stored, **dict.fromkeys(LIMIT_COLUMNS), **execution_limits}
 
 
+# Built once with bind parameters: it runs on every invocation, and a statement built per call costs its
+# construction and SQLAlchemy's cache key each time.
+AGENT_BY_ID = _select_agents().where(
+    agents.c.id == sa.bindparam("agent_id"), agents.c.organization_id == sa.bindparam("organization_id")
+)
+
+
 async def get_agent(engine: AsyncEngine, *, organization_id: str, agent_id: str) -> dict[str, Any] | None:
     async with autocommit(engine).connect() as connection:
-        result = await connection.execute(
-            _select_agents().where(agents.c.id == agent_id, agents.c.organization_id == organization_id)
-        )
+        result = await connection.execute(AGENT_BY_ID, {"agent_id": agent_id, "organization_id": organization_id})
         row = result.first()
     return dict(row._mapping) if row else None
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from external_agents.models import TABLES
 
 audit_log = TABLES["audit_log"]
+AUDIT_INSERT = audit_log.insert()
 
 
 def audit_row(
@@ -37,7 +38,7 @@ async def insert_audit_rows(target: AsyncEngine | AsyncConnection, rows: list[di
     if not rows:
         return
     if isinstance(target, AsyncConnection):
-        await target.execute(audit_log.insert(), rows)
+        await target.execute(AUDIT_INSERT, rows)
         return
     async with target.begin() as connection:
-        await connection.execute(audit_log.insert(), rows)
+        await connection.execute(AUDIT_INSERT, rows)

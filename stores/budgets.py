@@ -137,23 +137,21 @@ class Spend:
     month_executions: int = 0
 
 
-def _counter_rows(dialect: str, ids: tuple[Any, Any]) -> sa.ColumnElement[bool]:
-    """The WHERE that picks an agent's two counter rows for an UPDATE, locking them in a fixed order."""
+def _counter_rows(
+    dialect: str, ids: tuple[Any, Any], only_if: sa.ColumnElement[bool] | None = None
+) -> sa.ColumnElement[bool]:
+    """The WHERE that picks an agent's two counter rows for an UPDATE, locking them in a fixed order; with
+    `only_if`, none unless it holds (on PostgreSQL tested before any row is locked)."""
     if dialect == "postgresql":
         # ORDER BY before FOR UPDATE: the rows are locked in sorted order, the same order in every writer, so no
         # two transactions can each hold the row the other is waiting for.
-        locked = (
-            sa.select(counters.c.id)
-            .where(counters.c.id.in_(ids))
-            .order_by(counters.c.id)
-            .with_for_update()
-            .cte("locked")
-        )
+        conditions = [counters.c.id.in_(ids)] if only_if is None else [counters.c.id.in_(ids), only_if]
+        locked = sa.select(counters.c.id).where(*conditions).order_by(counters.c.id).with_for_update().cte("locked")
         return counters.c.id == locked.c.id
     # SQLite serialises writers with one database lock, taken when the UPDATE starts. A statement beginning with
     # WITH would also not open the driver's implicit transaction: it would commit on its own, before the caller
     # could roll it back.
-    return counters.c.id.in_(ids)
+    return counters.c.id.in_(ids) if only_if is None else sa.and_(counters.c.id.in_(ids), only_if)
 
 
 @functools.cache
@@ -367,20 +365,73 @@ async def reserve(
     raise StorageError(f"Budget counters of agent {agent_id} kept changing; the reservation was not decided")
 
 
-def _clamped_add(column: sa.Column[int], delta: int) -> sa.ColumnElement[int]:
+def _clamped_add(column: sa.Column[int], delta: Any) -> sa.ColumnElement[int]:
     # Never below zero: a counter re-seeded from billing while a reservation was in flight does not hold that
     # reservation, and a negative spend would admit more than the budget.
     return sa.case((column + delta < 0, 0), else_=column + delta)
 
 
-async def _adjust(connection: AsyncConnection, reservation: Reservation, *, micros: int, executions: int) -> None:
-    # A missing row (counters lost since the reservation) is left missing: the billing row written in the same
-    # transaction is what its seeding will count.
-    rows = _counter_rows(connection.dialect.name, (reservation.day_id, reservation.month_id))
-    values: dict[str, Any] = {"spent_micros": _clamped_add(counters.c.spent_micros, micros)}
+@dataclass(frozen=True)
+class Adjustment:
+    """How the counters a reservation was taken from move when it ends: by `micros` and `executions`."""
+
+    day_id: str
+    month_id: str
+    micros: int
+    executions: int
+
+    def params(self) -> dict[str, Any]:
+        """The bind parameters of `adjust_statement`."""
+        return {
+            "adjust_day_id": self.day_id,
+            "adjust_month_id": self.month_id,
+            "adjust_micros": self.micros,
+            "adjust_executions": self.executions,
+        }
+
+
+def settlement(reservation: Reservation, *, actual_micros: int | None) -> Adjustment | None:
+    """The counters' move when `reservation` ends: to the actual cost, or released when `actual_micros` is None
+    (the platform was never reached); None when nothing moves (the actual cost is the reserved one).
+
+    An actual cost above the reservation is recorded as charged even when it takes the period past its limit:
+    the platform has already billed it, and the overrun then refuses the next reservations instead of being
+    hidden.
+    """
+    if actual_micros is None:
+        return Adjustment(reservation.day_id, reservation.month_id, -reservation.amount_micros, -1)
+    if actual_micros < 0:
+        raise ValueError("actual_micros must not be negative")
+    delta = actual_micros - reservation.amount_micros
+    return Adjustment(reservation.day_id, reservation.month_id, delta, 0) if delta else None
+
+
+def adjust_statement(dialect: str, *, executions: bool, only_if: sa.ColumnElement[bool] | None = None) -> sa.Update:
+    """The UPDATE of an `Adjustment` (its `params()`), `executions` too when it moves them; with `only_if`, a
+    no-op unless it holds.
+
+    A missing row (counters lost since the reservation) is left missing: the billing row written in the same
+    transaction is what its seeding will count.
+    """
+    ids = (sa.bindparam("adjust_day_id", type_=sa.String), sa.bindparam("adjust_month_id", type_=sa.String))
+    values: dict[str, Any] = {
+        "spent_micros": _clamped_add(counters.c.spent_micros, sa.bindparam("adjust_micros", type_=sa.BigInteger))
+    }
     if executions:
-        values["executions"] = _clamped_add(counters.c.executions, executions)
-    await connection.execute(counters.update().where(rows).values(**values))
+        delta = sa.bindparam("adjust_executions", type_=sa.Integer)
+        values["executions"] = _clamped_add(counters.c.executions, delta)
+    return counters.update().where(_counter_rows(dialect, ids, only_if)).values(values)
+
+
+# Built once per dialect and shape, like every statement of an invocation.
+_adjust_statement = functools.cache(adjust_statement)
+
+
+async def adjust(connection: AsyncConnection, adjustment: Adjustment | None) -> None:
+    """Move the counters by `adjustment` (None: leave them), inside the caller's transaction."""
+    if adjustment is not None:
+        statement = _adjust_statement(connection.dialect.name, executions=adjustment.executions != 0)
+        await connection.execute(statement, adjustment.params())
 
 
 async def settle(connection: AsyncConnection, *, reservation: Reservation, actual_micros: int) -> None:
@@ -388,18 +439,12 @@ async def settle(connection: AsyncConnection, *, reservation: Reservation, actua
 
     The counter rows stay locked until that transaction ends, so settle last, just before it commits.
     """
-    if actual_micros < 0:
-        raise ValueError("actual_micros must not be negative")
-    delta = actual_micros - reservation.amount_micros
-    if delta:
-        # Recorded as charged even when it takes the period past its limit: the platform has already billed it,
-        # and the overrun then refuses the next reservations instead of being hidden.
-        await _adjust(connection, reservation, micros=delta, executions=0)
+    await adjust(connection, settlement(reservation, actual_micros=actual_micros))
 
 
 async def release(connection: AsyncConnection, *, reservation: Reservation) -> None:
     """Give back a reservation whose delivery never reached the platform, inside the caller's transaction."""
-    await _adjust(connection, reservation, micros=-reservation.amount_micros, executions=-1)
+    await adjust(connection, settlement(reservation, actual_micros=None))
 
 
 async def current_spend_many(engine: AsyncEngine, *, agent_ids: Iterable[str], now: datetime) -> dict[str, Spend]:

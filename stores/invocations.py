@@ -1,7 +1,10 @@
 """Writing an invocation's outcome: its lineage row, its billing row and the budget settlement, atomically.
 
 One transaction, so a delivered invocation is always both in lineage and billed (and a crash leaves
-neither), and the budget counters move with the billing rows they summarise. An invocation that reserved
+neither), and the budget counters move with the billing rows they summarise. On PostgreSQL that transaction is
+a single statement, one round trip: each write is a data-modifying CTE (completion or insert of the lineage
+row, then the billing row, the counters' settlement and the audit rows, each only once the lineage row was
+written); on SQLite it is a transaction of one statement per write. An invocation that reserved
 already has its lineage row, written `pending` with the reservation (stores/pending.py): recording completes
 that row, and only if it is still pending, so the owner and a sweeper that found its lease passed never
 both settle it. Denials, which never reserved, insert their row whole. When the database stays
@@ -12,6 +15,7 @@ unreachable longer than the retries last, the record waits on local disk (stores
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -26,7 +30,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 from external_agents.models import TABLES
 from external_agents.models.invocation_lineage import PENDING
 from external_agents.stores.audit import audit_log, audit_row, insert_audit_rows
-from external_agents.stores.budgets import Reservation, release, settle
+from external_agents.stores.budgets import Adjustment, Reservation, adjust, adjust_statement, settlement
 from external_agents.stores.database import autocommit, database_refused, database_unavailable, ping
 from external_agents.stores.lineage import (
     ERASURE_EVENT,
@@ -47,21 +51,22 @@ lineage = TABLES["invocation_lineage"]
 billing = TABLES["billing_usage"]
 
 
-def _lineage_insert() -> sa.Insert:
-    """One INSERT for every invocation, built once so SQLAlchemy compiles it once; values come as parameters.
-
-    The parent is found by `parent_invocation`.
-    """
-    values: dict[str, Any] = {c.name: sa.bindparam(c.name, type_=c.type) for c in lineage.c}
-    values["parent_invocation_id"] = parent_invocation()
-    return lineage.insert().values(values)
+def _lineage_values(prefix: str = "") -> dict[str, Any]:
+    """A whole lineage row's values, as parameters named `<prefix><column>`; the parent is found by
+    `parent_invocation`."""
+    values: dict[str, Any] = {c.name: sa.bindparam(f"{prefix}{c.name}", type_=c.type) for c in lineage.c}
+    values["parent_invocation_id"] = parent_invocation(prefix=prefix)
+    return values
 
 
-LINEAGE_INSERT = _lineage_insert()
+# One INSERT for every invocation, built once so SQLAlchemy compiles it once; values come as parameters.
+LINEAGE_INSERT = lineage.insert().values(_lineage_values())
 # Columns a later migration revision added: a record made before it (a journal file an older release wrote)
 # has no value for them, and the insert binds every column.
 LATER_LINEAGE_COLUMNS = {column.name: None for column in lineage.c if "revision" in column.info}
 BILLING_INSERT = billing.insert()
+# Is the invocation's row there, for a record whose pending row is gone (SQLite's transaction).
+LINEAGE_FOUND = sa.select(lineage.c.id).where(lineage.c.id == sa.bindparam("invocation_id"))
 ERASURE_CLOCK_MARGIN = timedelta(seconds=2)
 
 # What the record step writes into a pending row; the rest was written with the reservation.
@@ -80,28 +85,34 @@ COMPLETION_COLUMNS = (
 )
 
 
-def _completion() -> sa.Update:
-    """The pending row's outcome, only while it is still pending; built once, values as parameters.
+def _completion(prefix: str = "", *, erasure_cte: bool = False) -> sa.Update:
+    """The pending row's outcome, only while it is still pending; built once, values as parameters (named as
+    `_completion_params` names them).
 
     Erasure wins: when the person's lineage was erased after the invocation began (the erasure redacted the
     pending row, or committed while it was being written), every personal column, the output included, is
-    left (or made) [REDACTED] instead of taking the values this invocation carries.
+    left (or made) [REDACTED] instead of taking the values this invocation carries. With `erasure_cte`
+    (PostgreSQL's WITH), the audit log is searched once for all seven columns, not once per column.
     """
-    digest = sa.bindparam("email_digest", type_=sa.String)
-    erased_meanwhile = sa.or_(
-        lineage.c.external_user_email == REDACTED,
-        sa.and_(
-            digest.is_not(None),
-            sa.exists().where(
-                audit_log.c.event_type == ERASURE_EVENT,
-                # Bound, not correlated with the row: PostgreSQL then runs the lookup once per statement.
-                audit_log.c.organization_id == sa.bindparam("erasure_organization_id", type_=sa.String),
-                audit_log.c.resource_id == digest,
-                audit_log.c.created_at >= sa.bindparam("erasures_since", type_=audit_log.c.created_at.type),
-            ),
+    digest = sa.bindparam(f"{prefix}email_digest", type_=sa.String)
+    erasure_logged = sa.and_(
+        digest.is_not(None),
+        sa.exists().where(
+            audit_log.c.event_type == ERASURE_EVENT,
+            # Bound, not correlated with the row: PostgreSQL runs the lookup once per statement, not per row.
+            audit_log.c.organization_id == sa.bindparam(f"{prefix}erasure_organization_id", type_=sa.String),
+            audit_log.c.resource_id == digest,
+            audit_log.c.created_at >= sa.bindparam(f"{prefix}erasures_since", type_=audit_log.c.created_at.type),
         ),
     )
-    values: dict[str, Any] = {name: sa.bindparam(name, type_=lineage.c[name].type) for name in COMPLETION_COLUMNS}
+    if erasure_cte:
+        # Each column's test reads the CTE's one row, computed once.
+        erasure = sa.select(erasure_logged.label("logged")).cte("erasure")
+        erasure_logged = sa.select(erasure.c.logged).scalar_subquery()
+    erased_meanwhile = sa.or_(lineage.c.external_user_email == REDACTED, erasure_logged)
+    values: dict[str, Any] = {
+        name: sa.bindparam(f"{prefix}{name}", type_=lineage.c[name].type) for name in COMPLETION_COLUMNS
+    }
     values["lease_expires_at"] = None
     for name in (*PERSONAL_TEXT_COLUMNS, *PERSONAL_JSON_COLUMNS):
         redacted = sa.literal(REDACTED, lineage.c[name].type)
@@ -109,7 +120,7 @@ def _completion() -> sa.Update:
         values[name] = sa.case((erased_meanwhile, redacted), else_=kept)
     return (
         lineage.update()
-        .where(lineage.c.id == sa.bindparam("invocation_id"), lineage.c.status == PENDING)
+        .where(lineage.c.id == sa.bindparam(f"{prefix}invocation_id"), lineage.c.status == PENDING)
         .values(values)
         .returning(lineage.c.id)
     )
@@ -118,17 +129,21 @@ def _completion() -> sa.Update:
 LINEAGE_COMPLETION = _completion()
 
 
-def _completion_params(row: dict[str, Any]) -> dict[str, Any]:
+def _completion_params(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     email = row.get("external_user_email")
     params = {name: row.get(name) for name in COMPLETION_COLUMNS}
-    return {
-        **params,
-        "invocation_id": row["id"],
-        "erasure_organization_id": row["organization_id"],
-        "email_digest": email_digest(email) if email else None,
+    params.update(
+        invocation_id=row["id"],
+        erasure_organization_id=row["organization_id"],
+        email_digest=email_digest(email) if email else None,
         # SQLite dates rows to the second, and app and database clocks differ a little: in doubt, erase.
-        "erasures_since": row["request_timestamp"] - ERASURE_CLOCK_MARGIN,
-    }
+        erasures_since=row["request_timestamp"] - ERASURE_CLOCK_MARGIN,
+    )
+    return _prefixed(params, prefix)
+
+
+def _prefixed(values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {f"{prefix}{name}": value for name, value in values.items()} if prefix else values
 
 
 # How long a delivered invocation keeps trying to be recorded while the database is unreachable (a restart, a
@@ -204,21 +219,110 @@ async def record_invocation(
     return True
 
 
-async def _record_once(engine: AsyncEngine, record: InvocationRecord) -> bool:
-    """Write the record; False when its row was settled already (by a sweeper, or an earlier attempt)."""
+# PostgreSQL's record statement names the lineage row's parameters `lineage_<column>`, the billing row's
+# `billing_<column>`, the audit rows' `audit_<n>_<column>`: apart from every column, since SQLAlchemy would take a
+# parameter named like a column of a table the statement writes as one more value to write into it.
+LINEAGE_PREFIX = "lineage_"
+
+
+@functools.cache
+def _record_statement(
+    *,
+    completing: bool,
+    billing_columns: tuple[str, ...] | None,
+    adjusting_executions: bool | None,
+    audit_columns: tuple[str, ...],
+    audit_count: int,
+) -> sa.Select[Any]:
+    """PostgreSQL's record in one statement, built once per shape; it returns the lineage row's id when written.
+
+    `completing`: the invocation reserved, so its pending row is completed, or the whole row inserted when
+    there is none (a journal file from before pending rows); a row found already settled writes nothing.
+    Without a reservation the row is inserted whole (a duplicate fails as a duplicate). The billing row, the
+    counters' move (None: none) and the audit rows are written only once the lineage row was: each selects its
+    values from `written`, and the counters are locked only after it (a concurrent record of the same
+    invocation waits on the lineage row, never holding the counters).
+    """
+    values = _lineage_values(LINEAGE_PREFIX)
+    whole_row = sa.select(*values.values())
+    if completing:
+        completed = _completion(LINEAGE_PREFIX, erasure_cte=True).cte("completed")
+        elsewhere = sa.select(lineage.c.id).where(lineage.c.id == values["id"])
+        absent = sa.and_(~sa.exists(sa.select(completed.c.id)), ~sa.exists(elsewhere))
+        inserted = (
+            lineage.insert().from_select(list(values), whole_row.where(absent)).returning(lineage.c.id).cte("inserted")
+        )
+        written = sa.union_all(sa.select(completed.c.id), sa.select(inserted.c.id)).cte("written")
+    else:
+        written = lineage.insert().from_select(list(values), whole_row).returning(lineage.c.id).cte("written")
+    writes: list[sa.CTE] = []
+    if billing_columns is not None:
+        billed = sa.select(*_bound(billing, billing_columns, "billing_")).select_from(written)
+        writes.append(billing.insert().from_select(list(billing_columns), billed).cte("billed"))
+    if adjusting_executions is not None:
+        only_if = sa.exists(sa.select(written.c.id))
+        adjusted = adjust_statement("postgresql", executions=adjusting_executions, only_if=only_if)
+        writes.append(adjusted.cte("adjusted"))
+    if audit_count:
+        rows = [
+            sa.select(*_bound(audit_log, audit_columns, f"audit_{index}_")).select_from(written)
+            for index in range(audit_count)
+        ]
+        audited = rows[0] if audit_count == 1 else sa.union_all(*rows)
+        writes.append(audit_log.insert().from_select(list(audit_columns), audited).cte("audited"))
+    return sa.select(written.c.id).add_cte(*writes)
+
+
+def _bound(table: sa.Table, columns: tuple[str, ...], prefix: str) -> list[sa.BindParameter[Any]]:
+    return [sa.bindparam(f"{prefix}{name}", type_=table.c[name].type) for name in columns]
+
+
+async def _record_in_one_statement(engine: AsyncEngine, record: InvocationRecord) -> bool:
+    row = {**LATER_LINEAGE_COLUMNS, **record.lineage_row}
+    params = _prefixed(row, LINEAGE_PREFIX)
+    adjustment: Adjustment | None = None
+    if record.reservation is not None:
+        params.update(_completion_params(row, LINEAGE_PREFIX))
+        adjustment = settlement(record.reservation, actual_micros=record.actual_micros)
+        if adjustment is not None:
+            params.update(adjustment.params())
+    if record.billing_row is not None:
+        params.update(_prefixed(record.billing_row, "billing_"))
+    for index, audit in enumerate(record.audit_rows):
+        params.update(_prefixed(audit, f"audit_{index}_"))
+    statement = _record_statement(
+        completing=record.reservation is not None,
+        billing_columns=tuple(record.billing_row) if record.billing_row is not None else None,
+        adjusting_executions=adjustment.executions != 0 if adjustment is not None else None,
+        audit_columns=tuple(record.audit_rows[0]) if record.audit_rows else (),
+        audit_count=len(record.audit_rows),
+    )
+    # One statement is its own transaction: no BEGIN and COMMIT round trips.
+    async with autocommit(engine).connect() as connection:
+        return (await connection.execute(statement, params)).first() is not None
+
+
+async def _record_in_a_transaction(engine: AsyncEngine, record: InvocationRecord) -> bool:
     async with engine.begin() as connection:
         if not await _write_lineage(connection, record):
-            logger.warning("invocation.already_settled invocation_id=%s", record.invocation_id)
             return False
         if record.billing_row is not None:
             await connection.execute(BILLING_INSERT, record.billing_row)
         if record.reservation is not None:
-            if record.actual_micros is None:
-                await release(connection, reservation=record.reservation)
-            else:
-                await settle(connection, reservation=record.reservation, actual_micros=record.actual_micros)
+            await adjust(connection, settlement(record.reservation, actual_micros=record.actual_micros))
         await insert_audit_rows(connection, record.audit_rows)
     return True
+
+
+async def _record_once(engine: AsyncEngine, record: InvocationRecord) -> bool:
+    """Write the record; False when its row was settled already (by a sweeper, or an earlier attempt)."""
+    if engine.dialect.name == "postgresql":
+        written = await _record_in_one_statement(engine, record)
+    else:
+        written = await _record_in_a_transaction(engine, record)
+    if not written:
+        logger.warning("invocation.already_settled invocation_id=%s", record.invocation_id)
+    return written
 
 
 async def _write_lineage(connection: AsyncConnection, record: InvocationRecord) -> bool:
@@ -229,7 +333,7 @@ async def _write_lineage(connection: AsyncConnection, record: InvocationRecord) 
         if completed.first() is not None:
             return True
         # No pending row: settled already, or reserved without one (a journal file from before pending rows).
-        found = await connection.execute(sa.select(lineage.c.id).where(lineage.c.id == row["id"]))
+        found = await connection.execute(LINEAGE_FOUND, {"invocation_id": row["id"]})
         if found.first() is not None:
             return False
     await connection.execute(LINEAGE_INSERT, {**LATER_LINEAGE_COLUMNS, **row})

@@ -1,6 +1,12 @@
 """Reads and writes of `external_agents` and each agent's `external_agent_limits` row, scoped to one organisation.
 
 An agent is read as one row: its `external_agents` columns plus its execution limits (None without a row).
+
+Every change to a stored agent or its limits is announced, on PostgreSQL, by a NOTIFY on `CHANGES_CHANNEL` with
+the agent's id, sent in the changing transaction itself: PostgreSQL delivers it exactly when the change commits,
+whichever process commits it (a gateway instance, or the CLI rotating the encryption key), and never for a change
+rolled back. Every instance's agent cache (nodes/agent_cache.py) listens and drops the agent. A new agent needs no
+notice: only agents that were found are cached, and a new agent's id was never found.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from external_agents.stores.database import autocommit
 agents = TABLES["external_agents"]
 limits = TABLES["external_agent_limits"]
 counters = TABLES["budget_counters"]
+
+# The PostgreSQL NOTIFY channel of agent changes; each message is the changed agent's id.
+CHANGES_CHANNEL = "external_agents_agent_changed"
 
 # Every column of the limits table but its key and time stamp is a limit of the agent's (see agent_fields.py).
 LIMIT_COLUMNS = tuple(c.name for c in limits.c if c.name not in ("external_agent_id", "updated_at"))
@@ -48,6 +57,12 @@ async def _write_limits(connection: AsyncConnection, agent_id: str, values: dict
             index_elements=[limits.c.external_agent_id], set_={**values, "updated_at": sa.func.now()}
         )
     )
+
+
+async def _announce_change(connection: AsyncConnection, agent_id: str) -> None:
+    """Tell every instance's agent cache, when this transaction commits, that the agent changed."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(sa.select(sa.func.pg_notify(CHANGES_CHANNEL, agent_id)))
 
 
 def _duplicate_name(name: str) -> ConflictError:
@@ -135,6 +150,7 @@ async def update_agent(
             )
             if result.first() is None:
                 return None
+            await _announce_change(connection, agent_id)
             if execution_limits:
                 await _write_limits(connection, agent_id, execution_limits)
             row = (await connection.execute(_select_agents().where(*where))).one()
@@ -150,6 +166,7 @@ async def delete_agent(engine: AsyncEngine, *, organization_id: str, agent_id: s
         )
         if result.rowcount == 1:
             await connection.execute(limits.delete().where(limits.c.external_agent_id == agent_id))
+            await _announce_change(connection, agent_id)
     return result.rowcount == 1
 
 
@@ -170,6 +187,8 @@ async def replace_credential_token(engine: AsyncEngine, *, agent_id: str, old: b
             .where(agents.c.id == agent_id, agents.c.encrypted_credentials == old)
             .values(encrypted_credentials=new)
         )
+        if result.rowcount == 1:
+            await _announce_change(connection, agent_id)
     return result.rowcount == 1
 
 

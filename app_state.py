@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from external_agents.credential_cipher import CredentialCipher
 from external_agents.gateway.metrics import GatewayMetrics, MeteredRunner
+from external_agents.nodes.agent_cache import AgentCache
 from external_agents.nodes.agents import AgentDefaults
 from external_agents.nodes.governance.budget import BudgetThresholds, PendingLease, delivery_lease_seconds
 from external_agents.nodes.governance.policy_cache import PolicyCache
@@ -65,6 +66,8 @@ class AppState:
     policy_cache: PolicyCache
     # The callers of recently used API keys, for the bearer-auth middleware and the MCP session.
     keys: ApiKeyCache
+    # Recently invoked agents, for the invocation's first step.
+    agent_cache: AgentCache
     http_client: PlatformClient
     invoke: Workflow
     pipeline: InvocationPipeline
@@ -80,6 +83,7 @@ class AppState:
     async def start(self) -> None:
         self.background.append(asyncio.create_task(self.policy_cache.listen(), name="policy-cache-listener"))
         self.background.append(asyncio.create_task(self.keys.listen(), name="api-key-cache-listener"))
+        self.background.append(asyncio.create_task(self.agent_cache.listen(), name="agent-cache-listener"))
         self.background.append(
             asyncio.create_task(keep_replaying(self.engine, self.journal), name="unrecorded-invocations-replay")
         )
@@ -152,6 +156,7 @@ def build_state(settings: Settings, *, host_workflows: dict[str, Workflow] | Non
     redis = redis_from(settings)
     limiter = limiter_from(settings, redis)
     policy_cache = PolicyCache(engine, redis=redis)
+    agent_cache = AgentCache(engine)
     per_host = settings.external_agent_max_concurrent_deliveries_per_host
     # The pool holds several hosts' worth of their bulkhead limit, so one host (its deliveries capped at
     # `per_host`) can never take the connections every other host needs.
@@ -180,6 +185,7 @@ def build_state(settings: Settings, *, host_workflows: dict[str, Workflow] | Non
         alert_channel_name=settings.external_agent_alert_channel_name,
         journal=journal,
         lease=lease,
+        agent_cache=agent_cache,
     )
     invoke = build_invocation_workflow(invocation_dependencies)
     pipeline = InvocationPipeline(invocation_dependencies)
@@ -200,6 +206,7 @@ def build_state(settings: Settings, *, host_workflows: dict[str, Workflow] | Non
         limiter=limiter,
         policy_cache=policy_cache,
         keys=ApiKeyCache(engine),
+        agent_cache=agent_cache,
         http_client=http_client,
         invoke=invoke,
         pipeline=pipeline,

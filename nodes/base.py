@@ -33,9 +33,9 @@ class ExternalAgentNode(AsyncNode):
 DEPENDENCY = "dependency"
 
 
-def dependency(name: str, description: str) -> NodeParameter:
+def dependency(name: str, description: str, *, required: bool = True) -> NodeParameter:
     """A live object (engine, client, cipher) handed to a node through its config, never between nodes."""
-    return NodeParameter(name=name, type=object, required=True, description=description, category=DEPENDENCY)
+    return NodeParameter(name=name, type=object, required=required, description=description, category=DEPENDENCY)
 
 
 def value(name: str, description: str, *, required: bool = True, default: Any = None) -> NodeParameter:

@@ -147,15 +147,25 @@ class ValidateInvocationNode(InvocationStepNode):
 
 @register_node()
 class LoadInvocationAgentNode(InvocationStepNode):
-    """Load the agent from the caller's organisation (another organisation's agent is not found)."""
+    """Load the agent from the caller's organisation (another organisation's agent is not found).
+
+    With an `agent_cache` (the gateway's, see nodes/agent_cache.py) a recently loaded agent comes from memory.
+    """
 
     def dependencies(self) -> dict[str, NodeParameter]:
-        return {"engine": dependency("engine", "SQLAlchemy AsyncEngine")}
+        return {
+            "engine": dependency("engine", "SQLAlchemy AsyncEngine"),
+            "agent_cache": dependency("agent_cache", "AgentCache; without one, every load reads", required=False),
+        }
 
     async def step(self, invocation: Invocation, **kw: Any) -> Invocation:
-        row = await agent_store.get_agent(
-            kw["engine"], organization_id=invocation.caller.organization_id, agent_id=invocation.agent_id
-        )
-        if row is None:
-            raise NotFoundError(f"External agent '{invocation.agent_id}' not found")
-        return invocation.updated(agent=AgentSnapshot.from_row(row))
+        organization_id, agent_id = invocation.caller.organization_id, invocation.agent_id
+        cache = kw.get("agent_cache")
+        if cache is not None:
+            agent = await cache.snapshot(organization_id=organization_id, agent_id=agent_id)
+        else:
+            row = await agent_store.get_agent(kw["engine"], organization_id=organization_id, agent_id=agent_id)
+            agent = AgentSnapshot.from_row(row) if row is not None else None
+        if agent is None:
+            raise NotFoundError(f"External agent '{agent_id}' not found")
+        return invocation.updated(agent=agent)

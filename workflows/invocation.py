@@ -61,13 +61,14 @@ class InvocationDependencies:
     alert_channel_name: str
     journal: Any
     lease: Any
+    agent_cache: Any = None
 
 
 def step_configs(deps: InvocationDependencies) -> dict[str, dict[str, Any]]:
     """Each step's node config by node id."""
     return {
         "prepare": {},
-        "load_agent": {"engine": deps.engine},
+        "load_agent": {"engine": deps.engine, "agent_cache": deps.agent_cache},
         "policy": {"policy_cache": deps.policy_cache, "resolution": deps.resolution, "fail_mode": deps.fail_mode},
         "validate": {},
         "rate_limit": {"limiter": deps.limiter},

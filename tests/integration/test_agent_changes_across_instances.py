@@ -1,0 +1,145 @@
+"""A change to an agent made on one gateway instance is what the other invokes on its very next request, although
+each instance keeps recently invoked agents in memory (nodes/agent_cache.py).
+
+Two `external-agents serve` processes on one PostgreSQL and Redis, delivering to the tests' platform server. The
+agent is invoked on both (so both hold it), then each field an invocation depends on is changed through the API
+on instance A, and the first invocation on instance B must behave by the new value. A write path that changed an
+agent without announcing it would fail here. The last test ends B's listening connection first (a network fault
+or a PostgreSQL restart): a change B cannot hear of is honoured all the same, because an instance that is not
+listening serves nothing from memory.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import httpx
+import psycopg2
+import pytest
+from sqlalchemy.engine import make_url
+
+from external_agents.nodes.agent_cache import LISTENER_APPLICATION_NAME
+from tests.factories import TEST_POSTGRES_URL, TEST_REDIS_URL, UNLIMITED, drop_database
+from tests.process_servers import HEADERS, app_env, app_server, fresh_database
+
+DATABASE = (
+    make_url(TEST_POSTGRES_URL)
+    .set(database=f"{make_url(TEST_POSTGRES_URL).database}_agent_instances")
+    .render_as_string(hide_password=False)
+)
+
+
+@pytest.fixture(scope="module")
+def instances(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    data_dir = tmp_path_factory.mktemp("agent-instances")
+    fresh_database(DATABASE, str(data_dir))
+    env = app_env(database_url=DATABASE, redis_url=TEST_REDIS_URL, data_dir=str(data_dir), DATABASE_POOL_SIZE="4")
+    with ExitStack() as stack:
+        first, second = (stack.enter_context(app_server(env, log_dir=data_dir)) for _ in range(2))
+        yield first, second
+    drop_database(DATABASE)
+
+
+def sql(statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    connection = psycopg2.connect(DATABASE)
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchall() if cursor.description else []
+    finally:
+        connection.close()
+
+
+class Instances:
+    def __init__(self, client: httpx.Client, a: str, b: str) -> None:
+        self.client, self.a, self.b = client, a, b
+
+    def register(self, platform_server: Any, path: str) -> str:
+        body = {
+            "name": f"cached-{uuid.uuid4().hex[:8]}",
+            "platform": "custom_http",
+            "platform_config": {"url": platform_server.url(path)},
+            "auth_config": {"auth_type": "bearer_token", "credentials": {"token": "token-1"}},
+            **UNLIMITED,
+        }
+        created = self.client.post(f"{self.a}/api/external-agents", json=body, headers=HEADERS)
+        assert created.status_code == 201, created.text
+        return created.json()["id"]
+
+    def patch_on_a(self, agent_id: str, body: dict[str, Any]) -> None:
+        changed = self.client.patch(f"{self.a}/api/external-agents/{agent_id}", json=body, headers=HEADERS)
+        assert changed.status_code == 200, changed.text
+
+    def invoke(self, base: str, agent_id: str) -> int:
+        url = f"{base}/api/external-agents/{agent_id}/invoke"
+        return self.client.post(url, json={"input": "hello"}, headers=HEADERS).status_code
+
+
+@pytest.fixture
+def both(instances: tuple[str, str]) -> Iterator[Instances]:
+    with httpx.Client(timeout=10) as client:
+        yield Instances(client, *instances)
+
+
+def test_every_change_made_on_one_instance_is_invoked_on_the_other_at_once(both, platform_server):
+    agent_id = both.register(platform_server, "/first")
+    # Both instances now hold the agent in memory.
+    assert [both.invoke(base, agent_id) for base in (both.a, both.b, both.a, both.b)] == [200] * 4
+
+    both.patch_on_a(agent_id, {"platform_config": {"url": platform_server.url("/moved")}})
+    assert both.invoke(both.b, agent_id) == 200
+    assert len(platform_server.requests("/moved")) == 1
+
+    both.patch_on_a(agent_id, {"auth_config": {"auth_type": "bearer_token", "credentials": {"token": "token-2"}}})
+    assert both.invoke(both.b, agent_id) == 200
+    assert platform_server.requests("/moved")[-1].headers["Authorization"] == "Bearer token-2"
+
+    both.patch_on_a(agent_id, {"requests_per_minute": 1})
+    assert both.invoke(both.b, agent_id) == 429
+    both.patch_on_a(agent_id, {"requests_per_minute": UNLIMITED["requests_per_minute"]})
+    assert both.invoke(both.b, agent_id) == 200
+
+    both.patch_on_a(agent_id, {"max_daily_cost": 0.00001})
+    assert both.invoke(both.b, agent_id) == 402
+    both.patch_on_a(agent_id, {"max_daily_cost": UNLIMITED["max_daily_cost"]})
+    assert both.invoke(both.b, agent_id) == 200
+
+    both.patch_on_a(agent_id, {"daily_execution_limit": 1})
+    assert both.invoke(both.b, agent_id) == 402
+    both.patch_on_a(agent_id, {"daily_execution_limit": None})
+    assert both.invoke(both.b, agent_id) == 200
+
+    deleted = both.client.delete(f"{both.a}/api/external-agents/{agent_id}", headers=HEADERS)
+    assert deleted.status_code == 204
+    assert both.invoke(both.b, agent_id) == 404
+
+
+def test_an_instance_that_lost_its_listening_connection_invokes_the_agent_as_stored(both, platform_server):
+    agent_id = both.register(platform_server, "/before")
+    assert [both.invoke(base, agent_id) for base in (both.a, both.b)] == [200, 200]
+    # Both instances' listening connections end, waiting (up to 5 s) until each backend has exited.
+    [(ended,)] = sql(
+        "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = %s",
+        LISTENER_APPLICATION_NAME,
+    )
+    assert ended == 2
+    # A change no notice announces: B can only deliver to the new URL because it no longer trusts its memory.
+    moved = f'{{"url": "{platform_server.url("/after")}"}}'
+    sql("UPDATE external_agents SET platform_config = %s::jsonb WHERE id = %s", moved, agent_id)
+    assert both.invoke(both.b, agent_id) == 200
+    assert [len(platform_server.requests(path)) for path in ("/before", "/after")] == [2, 1]
+    # Each listens again after half a second, from an empty cache.
+    started = time.monotonic()
+    while sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s",
+        LISTENER_APPLICATION_NAME,
+    ) != [(2,)]:
+        assert time.monotonic() - started < 10, "the instances did not listen again"
+        time.sleep(0.05)
+    assert both.invoke(both.b, agent_id) == 200
+    assert len(platform_server.requests("/after")) == 2

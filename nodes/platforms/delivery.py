@@ -161,6 +161,7 @@ class _Delivery:
         # The secrets longest first (a secret inside a longer one is replaced after it), kept until one is added.
         self._ordered: list[str] | None = None
         self.attempts = 0
+        self.elapsed_ms = 0.0
         # True once any attempt may have been processed by the platform; a later refused connection does not
         # undo an earlier 500 that the platform may have acted on.
         self.reached = False
@@ -190,11 +191,12 @@ class _Delivery:
         except PlatformError as exc:
             raise self._final(exc) from exc
         logger.info(
-            "platform_delivery.delivered platform=%s host=%s status=%s attempts=%d",
+            "platform_delivery.delivered platform=%s host=%s status=%s attempts=%d elapsed_ms=%d",
             self.adapter.platform,
             self.host,
             result.status_code,
             result.attempts,
+            self.elapsed_ms,
         )
         return result
 
@@ -419,14 +421,20 @@ class _Delivery:
         raise PlatformError(detail, retryable=retryable, retry_after=retry_after, platform_status=status)
 
     def _log_attempt(self, status: object, started: float) -> None:
-        logger.info(
-            "platform_delivery.attempt platform=%s host=%s attempt=%d status=%s elapsed_ms=%d",
-            self.adapter.platform,
-            self.host,
-            self.attempts,
-            status,
-            (time.perf_counter() - started) * 1000,
-        )
+        self.elapsed_ms = (time.perf_counter() - started) * 1000
+        # A 2xx attempt is told at INFO by the `delivered` line that follows it (or the `failed` line, for an
+        # answer too large): one line per delivery on the hot path, a line per attempt when attempts fail.
+        level = logging.DEBUG if isinstance(status, int) and 200 <= status < 300 else logging.INFO
+        if logger.isEnabledFor(level):
+            logger.log(
+                level,
+                "platform_delivery.attempt platform=%s host=%s attempt=%d status=%s elapsed_ms=%d",
+                self.adapter.platform,
+                self.host,
+                self.attempts,
+                status,
+                self.elapsed_ms,
+            )
 
 
 async def _read_body(response: aiohttp.ClientResponse, *, limit: int) -> tuple[bytes, bool]:

@@ -493,36 +493,7 @@ def load(stack: dict, counting: sa.Connection, request: pytest.FixtureRequest) -
     yield figures
 
 
-def test_every_load_run_answered_and_reconciled(load: LoadFigures) -> None:
-    for run in load.runs.values():
-        assert run.non_2xx == 0 and not run.socket_errors, run
-    for counts in load.reconciled:
-        assert counts.holds, counts
-
-
-def test_cpu_per_invocation_at_most_1_5x_the_read(load: LoadFigures) -> None:
-    measured, limit, met = load.ratios()["CPU per invocation / read's"]
-    assert met, f"an invocation costs {measured:.2f}x the read's CPU (target <= {limit}x)"
-
-
-def test_invoke_throughput_at_least_0_6x_the_read(load: LoadFigures) -> None:
-    measured, limit, met = load.ratios()["invoke throughput / read's"]
-    assert met, f"invoke throughput is {measured:.2f}x the read's (target >= {limit}x)"
-
-
-def test_sequential_invoke_p50_within_the_read_and_the_platform(load: LoadFigures) -> None:
-    invoke, read, direct = (load.sequential[name][0] for name in ("invoke", "read", "platform direct"))
-    assert invoke <= SEQUENTIAL_READ_FACTOR * read + direct, (
-        f"sequential invoke p50 {invoke:.2f} ms > {SEQUENTIAL_READ_FACTOR} x read {read:.2f} ms"
-        f" + platform {direct:.2f} ms"
-    )
-
-
-def test_two_workers_at_least_1_7x_one(load: LoadFigures) -> None:
-    measured, limit, met = load.ratios()["2 workers / 1 worker invoke throughput"]
-    assert met, f"two workers serve {measured:.2f}x one worker's invocations (target >= {limit}x)"
-
-
+# First in the file: after the load runs, autovacuum and the servers' background work would share its cores.
 async def test_governance_decision_through_the_workflow(stack, capsys, tmp_path):
     from kailash.workflow.builder import WorkflowBuilder
 
@@ -647,6 +618,36 @@ async def test_governance_decision_through_the_workflow(stack, capsys, tmp_path)
     )
     # Issue 3 asked for 3 ms when the direct calls took about 1 ms here: the same goal, as a ratio.
     assert w_p95 <= 3.0 * d_p95
+
+
+def test_every_load_run_answered_and_reconciled(load: LoadFigures) -> None:
+    for run in load.runs.values():
+        assert run.non_2xx == 0 and not run.socket_errors, run
+    for counts in load.reconciled:
+        assert counts.holds, counts
+
+
+def test_cpu_per_invocation_at_most_1_5x_the_read(load: LoadFigures) -> None:
+    measured, limit, met = load.ratios()["CPU per invocation / read's"]
+    assert met, f"an invocation costs {measured:.2f}x the read's CPU (target <= {limit}x)"
+
+
+def test_invoke_throughput_at_least_0_6x_the_read(load: LoadFigures) -> None:
+    measured, limit, met = load.ratios()["invoke throughput / read's"]
+    assert met, f"invoke throughput is {measured:.2f}x the read's (target >= {limit}x)"
+
+
+def test_sequential_invoke_p50_within_the_read_and_the_platform(load: LoadFigures) -> None:
+    invoke, read, direct = (load.sequential[name][0] for name in ("invoke", "read", "platform direct"))
+    assert invoke <= SEQUENTIAL_READ_FACTOR * read + direct, (
+        f"sequential invoke p50 {invoke:.2f} ms > {SEQUENTIAL_READ_FACTOR} x read {read:.2f} ms"
+        f" + platform {direct:.2f} ms"
+    )
+
+
+def test_two_workers_at_least_1_7x_one(load: LoadFigures) -> None:
+    measured, limit, met = load.ratios()["2 workers / 1 worker invoke throughput"]
+    assert met, f"two workers serve {measured:.2f}x one worker's invocations (target >= {limit}x)"
 
 
 async def test_exact_limits_and_budgets_across_two_processes(stack, capsys):

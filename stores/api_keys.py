@@ -34,7 +34,7 @@ CHANGES_CHANNEL = "external_agents_api_key_changed"
 
 
 class KeyChangeListener(Protocol):
-    def key_changed(self, key_hash: str) -> None: ...
+    def drop(self, key_hash: str) -> None: ...
 
 
 # This process's key caches, told of each change it commits as soon as it commits.
@@ -147,7 +147,7 @@ async def revoke_api_key(engine: AsyncEngine, *, key_id: str) -> bool:
             return False
         await announce_change(connection, revoked)
     for listener in list(_local_listeners):
-        listener.key_changed(revoked)
+        listener.drop(revoked)
     return True
 
 

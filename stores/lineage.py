@@ -32,13 +32,17 @@ lineage = TABLES["invocation_lineage"]
 def parent_invocation(*, prefix: str = "") -> sa.ScalarSelect[Any]:
     """The parent of an invocation being written: the invocation of its organisation whose trace_id the caller sent
     back as X-External-Trace-ID. Bound to the `<prefix>external_trace_id` and `<prefix>organization_id`
-    parameters of the INSERT it sits in."""
+    parameters of the INSERT it sits in.
+
+    The row is found by its trace_id alone, so the only index a plan can take is trace_id's unique one; the
+    organisation is checked on the row found. With both in the WHERE, a plan made while the table's statistics
+    said it was empty (PostgreSQL without autovacuum, or a cached generic plan) took the organisation's timestamp
+    index and read every row of the organisation on each write: seen as a soak slowing from 290 to 80
+    invocations/s over 25,000 invocations.
+    """
     return (
-        sa.select(lineage.c.id)
-        .where(
-            lineage.c.trace_id == sa.bindparam(f"{prefix}external_trace_id"),
-            lineage.c.organization_id == sa.bindparam(f"{prefix}organization_id"),
-        )
+        sa.select(sa.case((lineage.c.organization_id == sa.bindparam(f"{prefix}organization_id"), lineage.c.id)))
+        .where(lineage.c.trace_id == sa.bindparam(f"{prefix}external_trace_id"))
         .scalar_subquery()
     )
 

@@ -95,14 +95,22 @@ def _completion(prefix: str = "", *, erasure_cte: bool = False) -> sa.Update:
     (PostgreSQL's WITH), the audit log is searched once for all seven columns, not once per column.
     """
     digest = sa.bindparam(f"{prefix}email_digest", type_=sa.String)
+    # The person's erasure events first, found by event type (its index holds the few there are), then their
+    # organisation and time. OFFSET 0 keeps PostgreSQL from merging the two: merged, a plan made on empty
+    # statistics took the organisation's time index and read every audit row of the last seconds, some 1,600
+    # per invocation at 420 invocations/s, and more the busier the gateway.
+    erasures = (
+        sa.select(audit_log.c.organization_id, audit_log.c.created_at)
+        .where(audit_log.c.event_type == ERASURE_EVENT, audit_log.c.resource_id == digest)
+        .offset(0)
+        .subquery("erasures")
+    )
     erasure_logged = sa.and_(
         digest.is_not(None),
         sa.exists().where(
-            audit_log.c.event_type == ERASURE_EVENT,
             # Bound, not correlated with the row: PostgreSQL runs the lookup once per statement, not per row.
-            audit_log.c.organization_id == sa.bindparam(f"{prefix}erasure_organization_id", type_=sa.String),
-            audit_log.c.resource_id == digest,
-            audit_log.c.created_at >= sa.bindparam(f"{prefix}erasures_since", type_=audit_log.c.created_at.type),
+            erasures.c.organization_id == sa.bindparam(f"{prefix}erasure_organization_id", type_=sa.String),
+            erasures.c.created_at >= sa.bindparam(f"{prefix}erasures_since", type_=audit_log.c.created_at.type),
         ),
     )
     if erasure_cte:

@@ -84,6 +84,17 @@ def drop_database(url: str) -> None:
         admin.close()
 
 
+def sql(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on the PostgreSQL database at `url` (a fresh connection) and return its rows."""
+    connection = psycopg2.connect(url)
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchall() if cursor.description else []
+    finally:
+        connection.close()
+
+
 def reset_postgres_database(url: str) -> None:
     """Drop and recreate the test database so each session starts from nothing."""
     drop_database(url)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg2
 import pytest
 
 from tests.factories import TEST_FERNET_KEY
@@ -125,17 +124,6 @@ class RoundRobin:
 
     async def aclose(self) -> None:
         await self.http.aclose()
-
-
-def sql(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Run one statement on the PostgreSQL database at `url` (a fresh connection) and return its rows."""
-    connection = psycopg2.connect(url)
-    try:
-        with connection, connection.cursor() as cursor:
-            cursor.execute(statement, params)
-            return cursor.fetchall() if cursor.description else []
-    finally:
-        connection.close()
 
 
 def secrets_in_logs(log_dir: Path, secrets: Sequence[str]) -> dict[str, list[str]]:

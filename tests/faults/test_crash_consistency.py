@@ -37,8 +37,8 @@ import pytest
 import redis
 
 from external_agents.stores.pending import INTERRUPTED, sweep_expired
-from tests.factories import TEST_REDIS_URL, UNLIMITED, drop_database, make_settings
-from tests.faults.support import RoundRobin, register, report, sql
+from tests.factories import TEST_REDIS_URL, UNLIMITED, drop_database, make_settings, sql
+from tests.faults.support import RoundRobin, register, report
 from tests.platform_server import PlatformServer, ScriptedResponse
 from tests.process_servers import HEADERS, ROOT, app_env, app_process, fresh_database
 

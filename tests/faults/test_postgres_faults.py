@@ -31,17 +31,8 @@ import httpx
 import pytest
 
 from external_agents.stores.invocations import RECORD_RETRY_SECONDS
-from tests.factories import UNLIMITED
-from tests.faults.support import (
-    SECRETS,
-    RoundRobin,
-    private_postgres,
-    register,
-    report,
-    secrets_in_logs,
-    sql,
-    summary_ms,
-)
+from tests.factories import UNLIMITED, sql
+from tests.faults.support import SECRETS, RoundRobin, private_postgres, register, report, secrets_in_logs, summary_ms
 from tests.platform_server import PlatformServer, ScriptedResponse
 from tests.process_servers import HEADERS, app_env, app_server, fresh_database
 

@@ -26,8 +26,8 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from external_agents.nodes.governance.rate_limiter import FAIL_CLOSED_DETAIL
-from tests.factories import UNLIMITED, drop_database
-from tests.faults.support import SECRETS, RoundRobin, register, report, secrets_in_logs, sql
+from tests.factories import UNLIMITED, drop_database, sql
+from tests.faults.support import SECRETS, RoundRobin, register, report, secrets_in_logs
 from tests.process_servers import (
     HEADERS,
     RedisServer,

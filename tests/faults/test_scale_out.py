@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 import redis
 
-from tests.factories import UNLIMITED, drop_database
-from tests.faults.support import SECRETS, RoundRobin, register, report, secrets_in_logs, sql, summary_ms
+from tests.factories import UNLIMITED, drop_database, sql
+from tests.faults.support import SECRETS, RoundRobin, register, report, secrets_in_logs, summary_ms
 from tests.process_servers import HEADERS, app_env, app_server, fresh_database, instant_platform
 
 DATABASE = "postgresql://postgres@127.0.0.1:5432/ea_issue6_scale"

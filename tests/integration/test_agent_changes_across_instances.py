@@ -21,12 +21,11 @@ from contextlib import ExitStack
 from typing import Any
 
 import httpx
-import psycopg2
 import pytest
 from sqlalchemy.engine import make_url
 
 from external_agents.nodes.agent_cache import LISTENER_APPLICATION_NAME
-from tests.factories import TEST_POSTGRES_URL, TEST_REDIS_URL, UNLIMITED, drop_database
+from tests.factories import TEST_POSTGRES_URL, TEST_REDIS_URL, UNLIMITED, drop_database, sql
 from tests.process_servers import HEADERS, app_env, app_server, fresh_database
 
 DATABASE = (
@@ -46,16 +45,6 @@ def instances(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, s
         first, second = (stack.enter_context(app_server(env, log_dir=data_dir)) for _ in range(2))
         yield first, second
     drop_database(DATABASE)
-
-
-def sql(statement: str, *params: Any) -> list[tuple[Any, ...]]:
-    connection = psycopg2.connect(DATABASE)
-    try:
-        with connection, connection.cursor() as cursor:
-            cursor.execute(statement, params)
-            return cursor.fetchall() if cursor.description else []
-    finally:
-        connection.close()
 
 
 class Instances:
@@ -130,6 +119,7 @@ def test_an_instance_that_lost_its_listening_connection_invokes_the_agent_as_sto
     assert [both.invoke(base, agent_id) for base in (both.a, both.b)] == [200, 200]
     # Both instances' listening connections end, waiting (up to 5 s) until each backend has exited.
     [(ended,)] = sql(
+        DATABASE,
         "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
         "WHERE datname = current_database() AND application_name = %s",
         LISTENER_APPLICATION_NAME,
@@ -137,12 +127,13 @@ def test_an_instance_that_lost_its_listening_connection_invokes_the_agent_as_sto
     assert ended == 2
     # A change no notice announces: B can only deliver to the new URL because it no longer trusts its memory.
     moved = f'{{"url": "{platform_server.url("/after")}"}}'
-    sql("UPDATE external_agents SET platform_config = %s::jsonb WHERE id = %s", moved, agent_id)
+    sql(DATABASE, "UPDATE external_agents SET platform_config = %s::jsonb WHERE id = %s", moved, agent_id)
     assert both.invoke(both.b, agent_id) == 200
     assert [len(platform_server.requests(path)) for path in ("/before", "/after")] == [2, 1]
     # Each listens again after half a second, from an empty cache.
     started = time.monotonic()
     while sql(
+        DATABASE,
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s",
         LISTENER_APPLICATION_NAME,
     ) != [(2,)]:

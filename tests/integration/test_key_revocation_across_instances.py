@@ -22,13 +22,12 @@ from contextlib import ExitStack
 from typing import Any
 
 import httpx
-import psycopg2
 import pytest
 from sqlalchemy.engine import make_url
 
 from external_agents.stores.api_key_cache import LISTENER_APPLICATION_NAME
 from external_agents.stores.api_keys import generate_key, hash_key
-from tests.factories import IDENTITY, TEST_POSTGRES_URL, TEST_REDIS_URL, drop_database
+from tests.factories import IDENTITY, TEST_POSTGRES_URL, TEST_REDIS_URL, drop_database, sql
 from tests.process_servers import ROOT, app_env, app_server, fresh_database
 
 DATABASE = (
@@ -52,20 +51,11 @@ def instances(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     drop_database(DATABASE)
 
 
-def sql(statement: str, *params: Any) -> list[tuple[Any, ...]]:
-    connection = psycopg2.connect(DATABASE)
-    try:
-        with connection, connection.cursor() as cursor:
-            cursor.execute(statement, params)
-            return cursor.fetchall() if cursor.description else []
-    finally:
-        connection.close()
-
-
 def new_key() -> tuple[str, str]:
     """A read-only key of an organisation of its own, stored as the store stores it: (id, key)."""
     key_id, key = str(uuid.uuid4()), generate_key()
     sql(
+        DATABASE,
         "INSERT INTO api_keys (id, organization_id, name, key_hash, key_prefix, permissions) "
         "VALUES (%s, %s, 'instances', %s, %s, '[\"read:external_agent\"]')",
         key_id,
@@ -123,15 +113,17 @@ def test_an_instance_that_lost_its_listening_connection_serves_no_key_from_memor
     with httpx.Client(timeout=10) as client:
         use_on_every_instance(client, apps, key)
         # Waiting (up to 5 s) until each backend has exited, so its socket is closed when this returns.
-        [(ended,)] = sql(f"SELECT count(pg_terminate_backend(pid, 5000)) {LISTENERS}", LISTENER_APPLICATION_NAME)
+        [(ended,)] = sql(
+            DATABASE, f"SELECT count(pg_terminate_backend(pid, 5000)) {LISTENERS}", LISTENER_APPLICATION_NAME
+        )
         assert ended == len(apps)
         # No notice reaches anyone: the instances can only refuse because they no longer trust their memory.
-        sql("UPDATE api_keys SET revoked_at = now() WHERE id = %s", key_id)
+        sql(DATABASE, "UPDATE api_keys SET revoked_at = now() WHERE id = %s", key_id)
         late = {base: accepted_until_refused(client, base, key) for base in apps}
         assert late == dict.fromkeys(apps, 0), f"requests accepted while not listening: {late}"
         # Each reconnects after half a second and starts again from an empty cache.
         started = time.monotonic()
-        while sql(f"SELECT count(*) {LISTENERS}", LISTENER_APPLICATION_NAME) != [(len(apps),)]:
+        while sql(DATABASE, f"SELECT count(*) {LISTENERS}", LISTENER_APPLICATION_NAME) != [(len(apps),)]:
             assert time.monotonic() - started < BOUND_SECONDS * 5, "the instances did not listen again"
             time.sleep(0.05)
         assert [status(client, base, key) for base in apps] == [401, 401]

@@ -9,10 +9,9 @@ awaited the test polls with a deadline (`NOTICE_BOUND_SECONDS`). SQLite, which h
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any
 
 import pytest
@@ -27,60 +26,28 @@ from external_agents.models.migrate import upgrade
 from external_agents.nodes.agent_cache import LISTENER_APPLICATION_NAME, AgentCache
 from external_agents.stores.agents import delete_agent, insert_agent, update_agent
 from external_agents.stores.database import create_engine
+from tests import notified_caches
 from tests.clocks import FakeClock
-from tests.factories import TEST_FERNET_KEY, TEST_POSTGRES_URL, drop_database, make_settings, reset_postgres_database
+from tests.factories import TEST_FERNET_KEY, TEST_POSTGRES_URL, make_settings
+from tests.notified_caches import NOTICE_BOUND_SECONDS, reads_of, two_engines, until
 
 DATABASE = make_url(TEST_POSTGRES_URL).set(database=f"{make_url(TEST_POSTGRES_URL).database}_agent_cache")
-# How long a committed change may take to reach a listening cache on this machine (measured: milliseconds).
-NOTICE_BOUND_SECONDS = 2.0
 
 
 @pytest.fixture(scope="module")
 async def engines(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
     """The gateway's engine and a second one on the same database, the other instance's or the CLI's."""
-    url = DATABASE.render_as_string(hide_password=False)
-    reset_postgres_database(url)
-    settings = make_settings(url, str(tmp_path_factory.mktemp("agent-cache")))
-    upgrade(settings, report=lambda _line: None)
-    gateway, writer = create_engine(settings), create_engine(settings)
-    yield gateway, writer
-    await gateway.dispose()
-    await writer.dispose()
-    drop_database(url)
+    async with two_engines(DATABASE, str(tmp_path_factory.mktemp("agent-cache"))) as pair:
+        yield pair
 
 
-@asynccontextmanager
-async def listening(cache: AgentCache) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(cache.listen())
-    try:
-        await until(lambda: cache.listening, "the cache to listen")
-        yield task
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+def listening(cache: AgentCache) -> AbstractAsyncContextManager[asyncio.Task[None]]:
+    return notified_caches.listening(cache, bound=NOTICE_BOUND_SECONDS)
 
 
-async def until(condition: Callable[[], bool], what: str) -> None:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < NOTICE_BOUND_SECONDS, f"waited {NOTICE_BOUND_SECONDS} s for {what}"
-        await asyncio.sleep(0.005)
-
-
-@contextmanager
-def agent_reads(engine: AsyncEngine) -> Iterator[list[str]]:
+def agent_reads(engine: AsyncEngine) -> AbstractContextManager[list[str]]:
     """The statements `engine` sends that read external_agents, while the block runs."""
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if "FROM external_agents" in statement:
-            seen.append(statement)
-
-    sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(engine.sync_engine, "before_cursor_execute", record)
+    return reads_of("external_agents", engine)
 
 
 async def new_agent(engine: AsyncEngine, **values: Any) -> dict[str, Any]:

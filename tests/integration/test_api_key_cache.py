@@ -14,8 +14,8 @@ import asyncio
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any
 
 import pytest
@@ -28,12 +28,12 @@ from external_agents.stores import api_key_cache, api_keys
 from external_agents.stores.api_key_cache import LISTENER_APPLICATION_NAME, ApiKeyCache
 from external_agents.stores.api_keys import caller_by_hash, create_api_key, hash_key, revoke_api_key
 from external_agents.stores.database import create_engine
+from tests import notified_caches
 from tests.clocks import FakeClock
-from tests.factories import TEST_POSTGRES_URL, drop_database, make_settings, reset_postgres_database
+from tests.factories import TEST_POSTGRES_URL, make_settings
+from tests.notified_caches import NOTICE_BOUND_SECONDS, reads_of, two_engines, until
 
 DATABASE = make_url(TEST_POSTGRES_URL).set(database=f"{make_url(TEST_POSTGRES_URL).database}_keys")
-# How long a committed revocation may take to reach a listening cache on this machine (measured: milliseconds).
-NOTICE_BOUND_SECONDS = 2.0
 # How long a cache may take to connect and listen, on a machine whose PostgreSQL other suites keep busy.
 CONNECT_BOUND_SECONDS = 15.0
 
@@ -41,51 +41,17 @@ CONNECT_BOUND_SECONDS = 15.0
 @pytest.fixture(scope="module")
 async def engines(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
     """The gateway's engine and a second one on the same database, the CLI's."""
-    url = DATABASE.render_as_string(hide_password=False)
-    reset_postgres_database(url)
-    settings = make_settings(url, str(tmp_path_factory.mktemp("key-cache")))
-    upgrade(settings, report=lambda _line: None)
-    gateway, cli = create_engine(settings), create_engine(settings)
-    yield gateway, cli
-    await gateway.dispose()
-    await cli.dispose()
-    drop_database(url)
+    async with two_engines(DATABASE, str(tmp_path_factory.mktemp("key-cache"))) as pair:
+        yield pair
 
 
-@asynccontextmanager
-async def listening(cache: ApiKeyCache) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(cache.listen())
-    try:
-        await until(lambda: cache.listening, "the cache to listen", CONNECT_BOUND_SECONDS)
-        yield task
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+def listening(cache: ApiKeyCache) -> AbstractAsyncContextManager[asyncio.Task[None]]:
+    return notified_caches.listening(cache, bound=CONNECT_BOUND_SECONDS)
 
 
-async def until(condition: Callable[[], bool], what: str, bound: float = NOTICE_BOUND_SECONDS) -> float:
-    """Seconds until `condition` holds, polled; fails past `bound`."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < bound, f"waited {bound} s for {what}"
-        await asyncio.sleep(0.005)
-    return time.monotonic() - started
-
-
-@contextmanager
-def key_lookups(engine: AsyncEngine) -> Iterator[list[str]]:
+def key_lookups(engine: AsyncEngine) -> AbstractContextManager[list[str]]:
     """The statements `engine` sends that read api_keys, while the block runs."""
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if "FROM api_keys" in statement:
-            seen.append(statement)
-
-    sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(engine.sync_engine, "before_cursor_execute", record)
+    return reads_of("api_keys", engine)
 
 
 @pytest.fixture

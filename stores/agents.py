@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from external_agents.errors import ConflictError
 from external_agents.models import TABLES
 from external_agents.stores.database import autocommit
+from external_agents.stores.notified_cache import notify_change
 
 agents = TABLES["external_agents"]
 limits = TABLES["external_agent_limits"]
@@ -61,8 +62,7 @@ async def _write_limits(connection: AsyncConnection, agent_id: str, values: dict
 
 async def _announce_change(connection: AsyncConnection, agent_id: str) -> None:
     """Tell every instance's agent cache, when this transaction commits, that the agent changed."""
-    if connection.dialect.name == "postgresql":
-        await connection.execute(sa.select(sa.func.pg_notify(CHANGES_CHANNEL, agent_id)))
+    await notify_change(connection, CHANGES_CHANNEL, agent_id)
 
 
 def _duplicate_name(name: str) -> ConflictError:

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from external_agents.models import TABLES
 from external_agents.stores.database import autocommit
+from external_agents.stores.notified_cache import notify_change
 
 api_keys = TABLES["api_keys"]
 
@@ -154,8 +155,7 @@ async def revoke_api_key(engine: AsyncEngine, *, key_id: str) -> bool:
 async def announce_change(connection: AsyncConnection, key_hash: str) -> None:
     """Tell every instance's key cache, when `connection`'s transaction commits, that the key changed: to be
     called in the transaction of any statement that revokes a key, deletes it or changes its permissions."""
-    if connection.dialect.name == "postgresql":
-        await connection.execute(sa.select(sa.func.pg_notify(CHANGES_CHANNEL, key_hash)))
+    await notify_change(connection, CHANGES_CHANNEL, key_hash)
 
 
 async def has_any_key(engine: AsyncEngine) -> bool:

@@ -28,12 +28,20 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 logger = logging.getLogger(__name__)
 
 Value = TypeVar("Value")
+
+
+async def notify_change(connection: AsyncConnection, channel: str, key: str) -> None:
+    """Announce on `channel` that `key`'s row changed, delivered when `connection`'s transaction commits (and never
+    if it rolls back). Nothing on SQLite, where nothing is cached."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(sa.select(sa.func.pg_notify(channel, key)))
 
 
 class NotifiedCache(Generic[Value]):
